@@ -1,0 +1,34 @@
+# ChatFlow developer entry points. `make install` is idempotent: it (re)installs only when the
+# package metadata or the C++ sources changed since the last install.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.chatflow-installed
+# The CPU wheel of torch lies on local disk on CPU machines; on a GPU cluster, install your CUDA
+# torch into the environment first and this pin is satisfied or can be overridden (TORCH_SPEC=torch).
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel pybind11
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) tools/bench_preprocess.py
+	$(PY) tools/bench_index.py
+
+clean:
+	rm -rf build demo_out *.egg-info chatflow/_C*.so
