@@ -1,4 +1,85 @@
-// Placeholder: filled by the blending work.
+// pybind11 binding of the blending builders: numpy in, numpy out, GIL released while building.
+// Inputs are validated by chatflow/data/blending.py; the shape checks here only guard memory.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "blending.h"
+
 namespace py = pybind11;
-void bind_blending(py::module_& m) { (void)m; }
+
+namespace {
+
+template <typename T>
+using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+using Builder = void (*)(const chatflow::SegmentTable&, int64_t, int64_t, const int64_t*,
+                         const double*, int16_t*, int64_t*);
+
+void check_size(const py::array& x, int64_t expected, const char* name) {
+  if (x.size() != expected) {
+    throw std::invalid_argument(std::string("blending: ") + name + " has " +
+                                std::to_string(x.size()) + " elements, expected " +
+                                std::to_string(expected));
+  }
+}
+
+py::tuple build(Builder builder, CArray<double> t0, CArray<double> t1, CArray<int8_t> kind,
+                CArray<double> base, CArray<double> a, CArray<double> d, int64_t start, int64_t end,
+                CArray<int64_t> initial_counts, CArray<double> offset) {
+  const int64_t S = t0.size();
+  const int64_t K = initial_counts.size();
+  if (S < 1 || K < 1) throw std::invalid_argument("blending: need >= 1 segment and >= 1 source");
+  if (start < 0 || end < start) throw std::invalid_argument("blending: need 0 <= start <= end");
+  check_size(t1, S, "t1");
+  check_size(kind, S, "kind");
+  check_size(base, S * K, "base");
+  check_size(a, S * K, "a");
+  check_size(d, S * K, "d");
+  check_size(offset, K, "offset");
+  const chatflow::SegmentTable table{S, K, t0.data(), t1.data(), kind.data(),
+                                     base.data(), a.data(), d.data()};
+  py::array_t<int16_t> dataset_index(end - start);
+  py::array_t<int64_t> dataset_sample_index(end - start);
+  int16_t* di = dataset_index.mutable_data();
+  int64_t* dsi = dataset_sample_index.mutable_data();
+  const int64_t* counts = initial_counts.data();
+  const double* off = offset.data();
+  {
+    py::gil_scoped_release release;
+    builder(table, start, end, counts, off, di, dsi);
+  }
+  return py::make_tuple(std::move(dataset_index), std::move(dataset_sample_index));
+}
+
+}  // namespace
+
+void bind_blending(py::module_& m) {
+  m.attr("BLEND_ANCHOR_EVERY") = chatflow::kAnchorEvery;
+  m.attr("BLEND_WINDOW") = chatflow::kWindow;
+  const char* doc =
+      "(t0, t1, kind, base, a, d, start, end, initial_counts, offset) -> (int16[end-start], "
+      "int64[end-start]); segment table as in csrc/blending.h";
+  m.def(
+      "build_blending_exact",
+      [](CArray<double> t0, CArray<double> t1, CArray<int8_t> kind, CArray<double> base,
+         CArray<double> a, CArray<double> d, int64_t start, int64_t end,
+         CArray<int64_t> initial_counts, CArray<double> offset) {
+        return build(chatflow::build_blending_exact, t0, t1, kind, base, a, d, start, end,
+                     initial_counts, offset);
+      },
+      doc);
+  m.def(
+      "build_blending_fast",
+      [](CArray<double> t0, CArray<double> t1, CArray<int8_t> kind, CArray<double> base,
+         CArray<double> a, CArray<double> d, int64_t start, int64_t end,
+         CArray<int64_t> initial_counts, CArray<double> offset) {
+        return build(chatflow::build_blending_fast, t0, t1, kind, base, a, d, start, end,
+                     initial_counts, offset);
+      },
+      doc);
+}

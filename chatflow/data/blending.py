@@ -1,0 +1,196 @@
+"""The dynamic blending index: which source each global sample position draws from.
+
+This module validates inputs, turns a :class:`~chatflow.data.schedule.Schedule` into the piecewise
+table the C++ builders take (``csrc/blending.h``), and calls them. Definitions:
+
+* ``w_k(x)``: source k's normalized scheduled weight at global sample position x.
+* ``W_k(x) = integral_0^x w_k``: the number of samples source k is owed after x positions.
+* Exact mode: position i (with ``x = max(i, 1)``, as in megatron-core) takes
+  ``argmax_k W_k(x) - count_k``, ties to the lowest k. On a constant schedule this is
+  megatron-core's ``helpers_cpp.build_blending_indices``, element for element.
+* Fast mode: sample j of source k is due where ``W_k`` first exceeds j; positions take samples in
+  due order (ties to the lowest k). O(N + K) per window of positions instead of O(N * K).
+
+Both keep ``count_k(n) <= W_k(n) + 1`` for every prefix of n positions, and ``W_k(n) - count_k(n)
+<= K - 1`` (tests/test_blending.py measures how far inside those bounds real schedules stay).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from chatflow import _C
+from chatflow.data.schedule import Schedule, ScheduleError, _check_num_samples
+
+logger = logging.getLogger(__name__)
+
+KIND_CONSTANT, KIND_LINEAR, KIND_COSINE = 0, 1, 2
+_KINDS = {"linear": KIND_LINEAR, "cosine": KIND_COSINE, "step": KIND_CONSTANT}
+MAX_SOURCES = 32767  # int16 dataset_index, as in megatron-core
+
+
+@dataclass(frozen=True)
+class SegmentTable:
+    """Piecewise description of W_k for one run length (see ``csrc/blending.h``).
+
+    Segment s covers ``[t0[s], t1[s])`` (the last one to +inf); in it
+    ``W_k(t0 + u) = base[s,k] + a[s,k] * u + d[s,k] * P_s(u)``.
+    """
+
+    t0: np.ndarray  # float64[S]
+    t1: np.ndarray  # float64[S]
+    kind: np.ndarray  # int8[S]
+    base: np.ndarray  # float64[S, K]
+    a: np.ndarray  # float64[S, K]
+    d: np.ndarray  # float64[S, K]
+
+    @property
+    def num_sources(self) -> int:
+        """K."""
+        return self.base.shape[1]
+
+    def cumulative(self, x: np.ndarray) -> np.ndarray:
+        """W_k(x) for positions x (float64[len]) -> float64[len, K], in closed form."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        s = np.clip(np.searchsorted(self.t0, x, side="right") - 1, 0, len(self.t0) - 1)
+        u = np.maximum(x - self.t0[s], 0.0)[:, None]
+        length = (self.t1 - self.t0)[s][:, None]
+        p = np.zeros_like(u)
+        lin = self.kind[s] == KIND_LINEAR
+        cos = self.kind[s] == KIND_COSINE
+        p[lin] = u[lin] * u[lin] * (0.5 / length[lin])
+        p[cos] = u[cos] * 0.5 - length[cos] / (2 * np.pi) * np.sin(u[cos] * (np.pi / length[cos]))
+        return self.base[s] + self.a[s] * u + self.d[s] * p
+
+
+def segment_table(schedule: Schedule, num_samples: int) -> SegmentTable:
+    """The piecewise table of ``schedule`` for a run of ``num_samples`` samples.
+
+    Adjacent constant pieces with equal weights are merged, so a constant schedule is one segment
+    starting at 0 and the exact builder's arithmetic is megatron-core's.
+    """
+    t = schedule.knot_positions(num_samples)
+    w = np.array([k.weights for k in schedule.knots], dtype=np.float64)
+    pieces: list[tuple[float, float, int, np.ndarray, np.ndarray]] = []  # t0, t1, kind, a, d
+
+    def add(t0: float, t1: float, kind: int, a: np.ndarray, d: np.ndarray) -> None:
+        if kind != KIND_CONSTANT and not np.any(d):
+            kind = KIND_CONSTANT  # equal weights at both knots: no shape to follow
+        if kind == KIND_CONSTANT and pieces and pieces[-1][2] == KIND_CONSTANT:
+            if np.array_equal(pieces[-1][3], a):
+                pieces[-1] = (pieces[-1][0], t1, KIND_CONSTANT, a, pieces[-1][4])
+                return
+        pieces.append((t0, t1, kind, a, d if kind != KIND_CONSTANT else np.zeros_like(a)))
+
+    if t[0] > 0:
+        add(0.0, float(t[0]), KIND_CONSTANT, w[0], np.zeros_like(w[0]))  # held before the first knot
+    for j in range(len(t) - 1):
+        kind = _KINDS[schedule.knots[j].interpolation]
+        add(float(t[j]), float(t[j + 1]), kind, w[j], w[j + 1] - w[j])
+    add(float(t[-1]), np.inf, KIND_CONSTANT, w[-1], np.zeros_like(w[-1]))
+
+    t0 = np.array([p[0] for p in pieces], dtype=np.float64)
+    t1 = np.array([p[1] for p in pieces], dtype=np.float64)
+    kind = np.array([p[2] for p in pieces], dtype=np.int8)
+    a = np.array([p[3] for p in pieces], dtype=np.float64)
+    d = np.array([p[4] for p in pieces], dtype=np.float64)
+    base = np.zeros_like(a)
+    for s in range(len(pieces) - 1):
+        length = t1[s] - t0[s]
+        # Integral over the whole segment: both linear and cosine shapes average 1/2.
+        inc = length * a[s] if kind[s] == KIND_CONSTANT else length * (a[s] + 0.5 * d[s])
+        base[s + 1] = base[s] + inc
+    return SegmentTable(t0, t1, kind, base, a, d)
+
+
+def blending_deficits(
+    schedule: Schedule, num_samples: int, position: int, counts: Sequence[int]
+) -> np.ndarray:
+    """W_k(position) - counts[k]: what each source is owed (or ahead) after ``position`` samples.
+
+    Pass the result as ``initial_deficits`` to continue a run bit for bit, or the old schedule's
+    value when the schedule changed, so each source's sub-sample deficit carries over.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.shape != (schedule.num_sources,):
+        raise ScheduleError(f"counts must have {schedule.num_sources} entries, got {counts.shape}")
+    w = segment_table(schedule, num_samples).cumulative(np.array([float(position)]))[0]
+    return w - counts.astype(np.float64)
+
+
+def blending_counts(dataset_index: np.ndarray, num_sources: int) -> np.ndarray:
+    """Exact number of samples each source contributes: int64[num_sources]."""
+    return np.bincount(np.asarray(dataset_index), minlength=num_sources).astype(np.int64)
+
+
+def build_blending_indices(
+    schedule: Schedule,
+    num_samples: int,
+    exact: bool = True,
+    *,
+    start: int = 0,
+    initial_counts: Optional[Sequence[int]] = None,
+    initial_deficits: Optional[Sequence[float]] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Build the blending index for positions ``[start, num_samples)`` of a run.
+
+    Args:
+        schedule: the sources and their weight schedule.
+        num_samples: total samples of the run (places ``at_fraction`` knots).
+        exact: greedy largest-deficit mode (megatron-core compatible, O(N*K)); False for the
+            fast due-order mode (O(N + K) per window, for many sources).
+        start: first position to build (resume).
+        initial_counts: samples each source gave before ``start`` (int64[K]); source k's sample
+            indices continue from ``initial_counts[k]``. Default zeros.
+        initial_deficits: deficit ``W_k - count_k`` carried in at ``start`` (float64[K]).
+            Default zeros: the schedule's mix applies from ``start`` with no catch-up. Pass
+            :func:`blending_deficits` of the run being continued to reproduce it exactly.
+
+    Returns:
+        ``(dataset_index int16[N'], dataset_sample_index int64[N'])`` with N' = num_samples -
+        start: source id and sample index within that source for each position.
+    """
+    _check_num_samples(num_samples)
+    K = schedule.num_sources
+    if K > MAX_SOURCES:
+        raise ScheduleError(f"{K} sources; the int16 dataset index holds at most {MAX_SOURCES}")
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start <= num_samples:
+        raise ScheduleError(f"start must be an integer in [0, num_samples={num_samples}], got {start!r}")
+    counts = _vector(initial_counts, K, np.int64, "initial_counts")
+    if np.any(counts < 0):
+        raise ScheduleError(f"initial_counts must be >= 0, got {counts.tolist()}")
+    carry = _vector(initial_deficits, K, np.float64, "initial_deficits")
+    if not np.all(np.isfinite(carry)):
+        raise ScheduleError("initial_deficits must be finite")
+    table = segment_table(schedule, num_samples)
+    # W'_k = W_k + offset_k makes W'_k(start) - counts_k equal the carried deficit. Written as
+    # carry - (W - counts) so that a carry from blending_deficits gives an offset of exactly 0.
+    w_start = table.cumulative(np.array([float(start)]))[0]
+    offset = carry - (w_start - counts.astype(np.float64))
+    builder = _C.build_blending_exact if exact else _C.build_blending_fast
+    t_begin = time.perf_counter()
+    dataset_index, dataset_sample_index = builder(
+        table.t0, table.t1, table.kind, table.base, table.a, table.d,
+        int(start), int(num_samples), counts, offset,
+    )
+    logger.debug(
+        "blending index: %d positions, %d sources, %s mode, %.3f s",
+        num_samples - start, K, "exact" if exact else "fast", time.perf_counter() - t_begin,
+    )
+    return dataset_index, dataset_sample_index
+
+
+def _vector(v: Optional[Sequence], k: int, dtype: type, name: str) -> np.ndarray:
+    if v is None:
+        return np.zeros(k, dtype=dtype)
+    arr = np.asarray(v)
+    if arr.shape != (k,):
+        raise ScheduleError(f"{name} must have shape ({k},), got {arr.shape}")
+    if dtype is np.int64 and not np.issubdtype(arr.dtype, np.integer):
+        raise ScheduleError(f"{name} must be integers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)

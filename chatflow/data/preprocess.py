@@ -1,0 +1,184 @@
+"""Turning blocks of JSONL lines into token arrays: the work done by preprocessing workers.
+
+``tools/preprocess_data.py`` reads input files in blocks of whole lines (see
+:func:`chatflow.data.jsonl_reader.iter_blocks`), hands each block to a worker process running
+:meth:`BlockEncoder.encode`, and writes the results in input order. A block's result depends only
+on its lines and their positions (file index, line number), never on which worker ran it, so the
+output is byte-identical for any worker count.
+
+Results are a few flat numpy arrays per block (tokens concatenated, one length per document), which
+pickle as raw bytes: cheap to send between processes and written with one bulk copy each. Texts of a
+block are encoded in one sentencepiece call to keep per-document Python overhead low.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import numpy as np
+
+from chatflow.data.indexed_dataset import token_dtype
+from chatflow.data.jsonl_reader import RecordError, get_text, parse_line, split_block
+from chatflow.data.templates import (
+    InstructionTemplate,
+    ParallelTemplate,
+    assemble,
+    loss_mask_prefix,
+)
+
+if TYPE_CHECKING:
+    from chatflow.tokenizer import Tokenizer
+
+FORMATS = ("text", "parallel", "instruction")
+
+
+@dataclass
+class PreprocessConfig:
+    """What to extract from each record and how to render it."""
+
+    format: str = "text"
+    """``text`` (one shard per JSON key), ``parallel`` (zh-en pairs) or ``instruction``."""
+    json_keys: tuple[str, ...] = ("text",)
+    """Text format: the keys to tokenize, one output shard each."""
+    append_eod: bool = False
+    """Text and parallel formats: end every document with EOS (instruction responses always do)."""
+    seed: int = 1234
+    """Seed of the parallel-direction choice."""
+    parallel: ParallelTemplate = field(default_factory=ParallelTemplate)
+    """Parallel template (its keys are the zh/en JSON keys)."""
+    instruction: InstructionTemplate = field(default_factory=InstructionTemplate)
+    """Instruction template."""
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        self.json_keys = tuple(self.json_keys)
+        if self.format == "text":
+            if not self.json_keys:
+                raise ValueError("text format needs at least one JSON key")
+            if len(set(self.json_keys)) != len(self.json_keys):
+                raise ValueError(f"duplicate JSON keys: {self.json_keys}")
+
+    @property
+    def output_names(self) -> list[str]:
+        """Suffixes of the token shards, Megatron style: ``<key>_document`` per text key."""
+        if self.format == "text":
+            return [f"{k}_document" for k in self.json_keys]
+        return [f"{self.format}_document"]
+
+    def output_prefixes(self, output_prefix: str) -> list[str]:
+        """Token shard prefixes: ``<output_prefix>_<name>``."""
+        return [f"{output_prefix}_{n}" for n in self.output_names]
+
+    def mask_prefix(self, output_prefix: str) -> Optional[str]:
+        """The loss-mask shard prefix (instruction format only)."""
+        if self.format != "instruction":
+            return None
+        return loss_mask_prefix(self.output_prefixes(output_prefix)[0])
+
+
+@dataclass
+class BlockResult:
+    """Encoded documents of one block, flat per output shard."""
+
+    tokens: list[np.ndarray]
+    """Per output shard: all documents' tokens concatenated."""
+    lengths: list[np.ndarray]
+    """Per output shard: int32 document lengths."""
+    mask: Optional[np.ndarray]
+    """Instruction format: loss mask aligned with ``tokens[0]``."""
+    rejects: list[tuple[int, str, bytes]]
+    """``(line number, reason, raw line)`` of every bad line, in order."""
+    num_records: int
+    """Records read (valid or not)."""
+    num_bytes: int
+    """Input bytes of the block."""
+
+
+class BlockEncoder:
+    """Encodes blocks of JSONL lines; one instance lives in each worker process.
+
+    Args:
+        tokenizer: a :class:`chatflow.tokenizer.Tokenizer`.
+        config: the preprocessing configuration.
+    """
+
+    def __init__(self, tokenizer: "Tokenizer", config: PreprocessConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.dtype = np.dtype(token_dtype(tokenizer.vocab_size))
+
+    def encode(self, source: int, first_line: int, blob: bytes) -> BlockResult:
+        """Encode the lines of ``blob``; ``source`` (input file index) keys the parallel RNG."""
+        cfg = self.config
+        rejects: list[tuple[int, str, bytes]] = []
+        texts: list[list[str]] = [[] for _ in cfg.output_names]  # text/parallel
+        instr: list[list[tuple[str, bool]]] = []
+        n_records = 0
+        for line, raw in split_block(first_line, blob):
+            n_records += 1
+            try:
+                record = parse_line(raw)
+                if cfg.format == "text":
+                    values = [get_text(record, k) for k in cfg.json_keys]
+                    for out, v in zip(texts, values, strict=True):
+                        out.append(v)
+                elif cfg.format == "parallel":
+                    texts[0].append(cfg.parallel.render(record, cfg.seed, source, line))
+                else:
+                    instr.append(cfg.instruction.segments(record))
+            except RecordError as e:
+                rejects.append((line, str(e), raw))
+        if cfg.format == "instruction":
+            tokens, lengths, mask = self._encode_instructions(instr)
+            return BlockResult([tokens], [lengths], mask, rejects, n_records, len(blob))
+        tokens_out, lengths_out = [], []
+        for group in texts:
+            ids = self.tokenizer.encode_batch(group, bos=True, eos=cfg.append_eod)
+            tokens_out.append(self._flatten(ids))
+            lengths_out.append(np.fromiter(map(len, ids), np.int32, len(ids)))
+        return BlockResult(tokens_out, lengths_out, None, rejects, n_records, len(blob))
+
+    def _flatten(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        total = sum(map(len, ids))
+        return np.fromiter(itertools.chain.from_iterable(ids), self.dtype, total)
+
+    def _encode_instructions(
+        self, records: list[list[tuple[str, bool]]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        flat = [text for segs in records for text, _ in segs]
+        ids = self.tokenizer.encode_batch(flat)
+        tokens, masks, lengths = [], [], np.empty(len(records), np.int32)
+        pos = 0
+        for i, segs in enumerate(records):
+            t, m = assemble(
+                ids[pos : pos + len(segs)],
+                [tr for _, tr in segs],
+                self.tokenizer.bos_id,
+                self.tokenizer.eos_id,
+            )
+            pos += len(segs)
+            tokens.append(t)
+            masks.append(m)
+            lengths[i] = len(t)
+        if not records:
+            return np.empty(0, self.dtype), lengths, np.empty(0, np.uint8)
+        return np.concatenate(tokens).astype(self.dtype), lengths, np.concatenate(masks)
+
+
+# Worker-process state, set once by the pool initializer so tasks only carry their block.
+_ENCODER: Optional[BlockEncoder] = None
+
+
+def init_worker(tokenizer: "Tokenizer", config: PreprocessConfig) -> None:
+    """Pool initializer: build this process's encoder."""
+    global _ENCODER
+    _ENCODER = BlockEncoder(tokenizer, config)
+
+
+def encode_block(task: tuple[int, int, bytes]) -> BlockResult:
+    """Pool task: encode one ``(source, first_line, blob)`` block with this process's encoder."""
+    assert _ENCODER is not None, "init_worker was not called in this process"
+    return _ENCODER.encode(*task)

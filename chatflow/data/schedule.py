@@ -1,0 +1,448 @@
+"""Data-mix schedules: per-source weights as functions of the global sample position.
+
+A :class:`Schedule` names K sources (a name and a Megatron shard prefix each) and a list of knots.
+Each knot sets every source's weight at one position of the run, given in samples (``at``) or as a
+fraction of the run (``at_fraction``). Weights are normalized to sum to 1 at every knot, and the
+interpolation between two knots (``linear``, ``cosine`` or ``step``) mixes the two normalized
+vectors convexly, so the weights sum to 1 at every position, not only at the knots.
+
+Outside the knots the weights are held constant: after the last knot at the last knot's weights,
+and before the first knot (when it is not at 0) at the first knot's weights. The alternative for
+the head, starting from zero weights, would leave the first positions with no source to draw from.
+
+Constructing a schedule never touches the file system: shard files are checked only by
+:meth:`Schedule.check_shards`, which the datasets call when they open the shards, so a schedule can
+be built, validated, hashed and plotted on a machine that does not hold the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from chatflow.data.indexed_dataset import bin_path, idx_path
+
+INTERPOLATIONS = ("linear", "cosine", "step")
+_MAX_SOURCES = 32767  # dataset_index is int16, as in megatron-core
+
+
+class ScheduleError(ValueError):
+    """An invalid schedule; the message names the file (if any), the field and the problem."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One data source of the blend.
+
+    Attributes:
+        name: unique identifier used in knots and logs (e.g. ``zh_text``).
+        prefix: Megatron shard prefix (path without ``.bin``/``.idx``).
+    """
+
+    name: str
+    prefix: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ScheduleError(f"source name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.prefix, str) or not self.prefix:
+            raise ScheduleError(f"source {self.name!r}: prefix must be a non-empty string")
+
+
+@dataclass(frozen=True)
+class Knot:
+    """The source weights at one position of the run.
+
+    Attributes:
+        weights: one non-negative weight per source, in source order; normalized on construction.
+        at: position in samples (exclusive with ``at_fraction``).
+        at_fraction: position as a fraction of the run's sample count, in [0, 1].
+        interpolation: how the weights move from this knot to the next one (``linear``,
+            ``cosine`` or ``step``); ignored on the last knot.
+    """
+
+    weights: tuple[float, ...]
+    at: Optional[float] = None
+    at_fraction: Optional[float] = None
+    interpolation: str = "linear"
+
+    def __post_init__(self) -> None:
+        if (self.at is None) == (self.at_fraction is None):
+            raise ScheduleError("knot needs exactly one of 'at' (samples) or 'at_fraction'")
+        if self.at is not None and not (_is_number(self.at) and self.at >= 0):
+            raise ScheduleError(f"knot 'at' must be a finite number >= 0, got {self.at!r}")
+        if self.at_fraction is not None and not (
+            _is_number(self.at_fraction) and 0.0 <= self.at_fraction <= 1.0
+        ):
+            raise ScheduleError(f"knot 'at_fraction' must be in [0, 1], got {self.at_fraction!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ScheduleError(
+                f"knot interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
+            )
+        w = np.asarray(self.weights, dtype=np.float64)
+        if w.ndim != 1 or len(w) == 0:
+            raise ScheduleError("knot weights must be a non-empty list")
+        if not np.all(np.isfinite(w)):
+            raise ScheduleError(f"knot weights must be finite, got {list(self.weights)}")
+        if np.any(w < 0):
+            raise ScheduleError(f"negative weight in knot at {self.position_text}: {list(w)}")
+        total = np.sum(w)
+        if not total > 0:
+            raise ScheduleError(f"all weights are zero in knot at {self.position_text}")
+        # Same arithmetic as megatron-core's utils.normalize, so a constant schedule hands the
+        # C++ builder bit-identical weights to the ones megatron-core would use.
+        object.__setattr__(self, "weights", tuple((w / total).tolist()))
+
+    @property
+    def position_text(self) -> str:
+        """Human-readable position for error messages."""
+        return f"{self.at:g} samples" if self.at is not None else f"fraction {self.at_fraction:g}"
+
+    def resolve(self, num_samples: int) -> float:
+        """Position in samples for a run of ``num_samples`` samples."""
+        return float(self.at) if self.at is not None else float(self.at_fraction) * num_samples
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Sources and knots of a data-mix schedule; validated on construction.
+
+    Attributes:
+        sources: the K sources, in the order of ``dataset_index`` values.
+        knots: at least one knot; positions strictly increasing among knots of the same unit.
+    """
+
+    sources: tuple[Source, ...]
+    knots: tuple[Knot, ...]
+    origin: str = field(default="", compare=False)
+    """Where the schedule came from (file name), for error messages only."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(self.sources))
+        object.__setattr__(self, "knots", tuple(self.knots))
+        where = f"{self.origin}: " if self.origin else ""
+        if not self.sources:
+            raise ScheduleError(f"{where}schedule needs at least one source")
+        if len(self.sources) > _MAX_SOURCES:
+            raise ScheduleError(
+                f"{where}{len(self.sources)} sources; at most {_MAX_SOURCES} fit the int16 "
+                "dataset index"
+            )
+        seen: set[str] = set()
+        for s in self.sources:
+            if s.name in seen:
+                raise ScheduleError(f"{where}duplicate source name {s.name!r}")
+            seen.add(s.name)
+        if not self.knots:
+            raise ScheduleError(f"{where}schedule needs at least one knot")
+        for j, k in enumerate(self.knots):
+            if len(k.weights) != len(self.sources):
+                raise ScheduleError(
+                    f"{where}knots[{j}] has {len(k.weights)} weights for {len(self.sources)} sources"
+                )
+        for unit in ("at", "at_fraction"):
+            pos = [(j, getattr(k, unit)) for j, k in enumerate(self.knots) if getattr(k, unit) is not None]
+            for (j0, p0), (j1, p1) in zip(pos, pos[1:]):
+                if not p1 > p0:
+                    raise ScheduleError(
+                        f"{where}knots not increasing: knots[{j1}].{unit}={p1:g} <= "
+                        f"knots[{j0}].{unit}={p0:g}"
+                    )
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Source names in order."""
+        return tuple(s.name for s in self.sources)
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """Shard prefixes in source order."""
+        return tuple(s.prefix for s in self.sources)
+
+    @property
+    def num_sources(self) -> int:
+        """Number of sources K."""
+        return len(self.sources)
+
+    @property
+    def is_constant(self) -> bool:
+        """True when every knot has the same normalized weights (a static Megatron-style blend)."""
+        return all(k.weights == self.knots[0].weights for k in self.knots)
+
+    # ----------------------------------------------------------------------------- evaluation
+    def knot_positions(self, num_samples: int) -> np.ndarray:
+        """Knot positions in samples for a run of ``num_samples``; raises if not increasing."""
+        _check_num_samples(num_samples)
+        t = np.array([k.resolve(num_samples) for k in self.knots], dtype=np.float64)
+        bad = np.nonzero(np.diff(t) <= 0)[0]
+        if len(bad):
+            j = int(bad[0])
+            raise ScheduleError(
+                f"{self.origin + ': ' if self.origin else ''}knots not increasing for a run of "
+                f"{num_samples} samples: knots[{j + 1}] ({self.knots[j + 1].position_text}) is "
+                f"not after knots[{j}] ({self.knots[j].position_text})"
+            )
+        return t
+
+    def weights_at(self, positions: Union[Sequence[float], np.ndarray], num_samples: int) -> np.ndarray:
+        """Normalized weights at global sample positions.
+
+        Args:
+            positions: sample positions (may be fractional or beyond ``num_samples``).
+            num_samples: length of the run, which places ``at_fraction`` knots.
+
+        Returns:
+            float64 array ``[len(positions), K]`` whose rows sum to 1.
+        """
+        x = np.asarray(positions, dtype=np.float64).reshape(-1)
+        t = self.knot_positions(num_samples)
+        w = np.array([k.weights for k in self.knots], dtype=np.float64)  # [J, K]
+        out = np.empty((len(x), self.num_sources), dtype=np.float64)
+        seg = np.searchsorted(t, x, side="right") - 1  # knot at or before x; -1 before the first
+        head, tail = seg < 0, seg >= len(t) - 1
+        out[head] = w[0]
+        out[tail] = w[-1]
+        for j in range(len(t) - 1):
+            m = seg == j
+            if not np.any(m):
+                continue
+            s = ((x[m] - t[j]) / (t[j + 1] - t[j]))[:, None]
+            kind = self.knots[j].interpolation
+            if kind == "step":
+                out[m] = w[j]
+            elif kind == "linear":
+                out[m] = w[j] + (w[j + 1] - w[j]) * s
+            else:
+                out[m] = w[j] + (w[j + 1] - w[j]) * (0.5 - 0.5 * np.cos(np.pi * s))
+        return out
+
+    def cumulative_weights(
+        self, positions: Union[Sequence[float], np.ndarray], num_samples: int
+    ) -> np.ndarray:
+        """W_k(x): the integral of each source's normalized weight from 0 to x.
+
+        This is the number of samples a source is owed after x positions; the blending builders
+        compare the realized counts against it. Computed from the same segment table as the C++
+        builders (see :mod:`chatflow.data.blending`).
+        """
+        from chatflow.data.blending import segment_table  # local: blending imports this module
+
+        return segment_table(self, num_samples).cumulative(np.asarray(positions, dtype=np.float64))
+
+    # ----------------------------------------------------------------------------- files
+    def check_shards(self) -> None:
+        """Raise :class:`ScheduleError` naming every source whose ``.bin``/``.idx`` is missing."""
+        missing = []
+        for s in self.sources:
+            for path in (idx_path(s.prefix), bin_path(s.prefix)):
+                if not os.path.isfile(path):
+                    missing.append(f"source {s.name!r}: {path} not found")
+        if missing:
+            where = f"{self.origin}: " if self.origin else ""
+            raise ScheduleError(where + "missing shard files: " + "; ".join(missing))
+
+    def with_prefixes(self, prefixes: Mapping[str, str]) -> "Schedule":
+        """A copy with some sources' shard prefixes replaced (``{name: prefix}``)."""
+        unknown = set(prefixes) - set(self.names)
+        if unknown:
+            raise ScheduleError(f"unknown source name(s) {sorted(unknown)}; known: {list(self.names)}")
+        sources = tuple(Source(s.name, prefixes.get(s.name, s.prefix)) for s in self.sources)
+        return Schedule(sources, self.knots, origin=self.origin)
+
+    # ----------------------------------------------------------------------------- identity
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable form (the YAML format with resolved prefixes and normalized weights)."""
+        knots = []
+        for k in self.knots:
+            d: dict[str, Any] = {"weights": dict(zip(self.names, k.weights))}
+            d.update({"at": k.at} if k.at is not None else {"at_fraction": k.at_fraction})
+            d["interpolation"] = k.interpolation
+            knots.append(d)
+        return {
+            "sources": [{"name": s.name, "prefix": s.prefix} for s in self.sources],
+            "knots": knots,
+        }
+
+    def fingerprint(self) -> str:
+        """SHA-256 of everything that changes the blending indices.
+
+        Covers source names and order, knot positions and units, normalized weights (exact float
+        reprs) and interpolations. Shard prefixes are left out on purpose: moving the shards must
+        not invalidate a cache; the datasets key shard identity separately.
+        """
+        d = self.to_dict()
+        del d["sources"]
+        d["names"] = list(self.names)
+        for k in d["knots"]:
+            k["weights"] = [repr(float(v)) for v in k["weights"].values()]
+            for key in ("at", "at_fraction"):
+                if key in k:
+                    k[key] = repr(float(k[key]))
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    # ----------------------------------------------------------------------------- loaders
+    @classmethod
+    def from_dict(
+        cls,
+        d: Mapping[str, Any],
+        *,
+        base_dir: str = ".",
+        data_root: Optional[str] = None,
+        origin: str = "",
+    ) -> "Schedule":
+        """Build from the YAML structure (a mapping); see :meth:`from_yaml` for the format.
+
+        Args:
+            d: the parsed YAML document.
+            base_dir: directory that a relative ``data_root`` in ``d`` resolves against.
+            data_root: overrides ``d['data_root']``; relative to the current directory.
+            origin: file name for error messages.
+        """
+        return _from_mapping(d, base_dir=base_dir, data_root=data_root, origin=origin)
+
+    @classmethod
+    def from_yaml(cls, path: str, *, data_root: Optional[str] = None) -> "Schedule":
+        """Load a schedule YAML file (format in README); errors name the file and field.
+
+        Relative shard prefixes resolve against ``data_root`` (this argument, else the file's
+        ``data_root`` field taken relative to the file, else the file's directory).
+        """
+        import yaml  # local: only loading needs PyYAML
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = yaml.safe_load(f)
+        except OSError as e:
+            raise ScheduleError(f"{path}: cannot read schedule: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ScheduleError(f"{path}: invalid YAML: {e}") from None
+        base = os.path.dirname(os.path.abspath(path))
+        return _from_mapping(doc, base_dir=base, data_root=data_root, origin=path)
+
+    @classmethod
+    def from_data_path(cls, data_path: Sequence[str]) -> "Schedule":
+        """A constant schedule from Megatron's ``--data-path [w1] p1 [w2 p2 ...]``.
+
+        Accepts a single prefix without a weight, or alternating weight/prefix pairs. Source
+        names are the prefixes' base names (made unique with ``#i`` suffixes when they repeat).
+        """
+        items = [str(v) for v in data_path]
+        if not items:
+            raise ScheduleError("--data-path: empty")
+        if len(items) == 1:
+            weights, prefixes = [1.0], items
+        else:
+            if len(items) % 2:
+                raise ScheduleError(
+                    f"--data-path: expected weight/prefix pairs, got {len(items)} items"
+                )
+            weights, prefixes = [], []
+            for i in range(0, len(items), 2):
+                try:
+                    weights.append(float(items[i]))
+                except ValueError:
+                    raise ScheduleError(
+                        f"--data-path item {i}: expected a weight before prefix "
+                        f"{items[i + 1]!r}, got {items[i]!r}"
+                    ) from None
+                prefixes.append(items[i + 1])
+        names: list[str] = []
+        for i, p in enumerate(prefixes):
+            base = os.path.basename(p.rstrip("/")) or p
+            names.append(base if base not in names else f"{base}#{i}")
+        sources = tuple(Source(n, p) for n, p in zip(names, prefixes))
+        return cls(sources, (Knot(weights=tuple(weights), at=0),), origin="--data-path")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_num_samples(num_samples: int) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
+        raise ScheduleError(f"num_samples must be an integer >= 0, got {num_samples!r}")
+
+
+_TOP_KEYS = {"data_root", "interpolation", "sources", "knots"}
+_KNOT_KEYS = {"at", "at_fraction", "weights", "interpolation"}
+
+
+def _from_mapping(
+    doc: Any, *, base_dir: str, data_root: Optional[str], origin: str
+) -> Schedule:
+    """Parse the YAML document structure into a :class:`Schedule`, naming fields in errors."""
+    where = f"{origin}: " if origin else ""
+
+    def fail(msg: str) -> ScheduleError:
+        return ScheduleError(where + msg)
+
+    if not isinstance(doc, Mapping):
+        raise fail("expected a mapping with 'sources' and 'knots'")
+    unknown = set(doc) - _TOP_KEYS
+    if unknown:
+        raise fail(f"unknown field(s) {sorted(unknown)}; expected {sorted(_TOP_KEYS)}")
+    if data_root is not None:
+        root = os.path.abspath(data_root)
+    elif doc.get("data_root") is not None:
+        if not isinstance(doc["data_root"], str):
+            raise fail("field 'data_root' must be a string")
+        root = os.path.normpath(os.path.join(base_dir, doc["data_root"]))
+    else:
+        root = base_dir
+    default_interp = doc.get("interpolation", "linear")
+
+    raw_sources = doc.get("sources")
+    if not isinstance(raw_sources, list) or not raw_sources:
+        raise fail("field 'sources' must be a non-empty list of {name, prefix}")
+    sources = []
+    for i, s in enumerate(raw_sources):
+        if not isinstance(s, Mapping) or set(s) != {"name", "prefix"}:
+            raise fail(f"sources[{i}] must have exactly the fields 'name' and 'prefix'")
+        if not isinstance(s["prefix"], str) or not s["prefix"]:
+            raise fail(f"sources[{i}].prefix must be a non-empty string")
+        try:
+            sources.append(Source(str(s["name"]), os.path.join(root, s["prefix"])))
+        except ScheduleError as e:
+            raise fail(f"sources[{i}]: {e}") from None
+    names = [s.name for s in sources]
+
+    raw_knots = doc.get("knots")
+    if not isinstance(raw_knots, list) or not raw_knots:
+        raise fail("field 'knots' must be a non-empty list")
+    knots = []
+    for j, k in enumerate(raw_knots):
+        if not isinstance(k, Mapping):
+            raise fail(f"knots[{j}] must be a mapping")
+        unknown = set(k) - _KNOT_KEYS
+        if unknown:
+            raise fail(f"knots[{j}]: unknown field(s) {sorted(unknown)}; expected {sorted(_KNOT_KEYS)}")
+        w = k.get("weights")
+        if not isinstance(w, Mapping) or not w:
+            raise fail(f"knots[{j}].weights must be a mapping {{source name: weight}}")
+        for name, v in w.items():
+            if name not in names:
+                raise fail(f"knots[{j}].weights: unknown source name {name!r}; known: {names}")
+            if not _is_number(v):
+                raise fail(f"knots[{j}].weights.{name}: expected a number, got {v!r}")
+        # Sources a knot leaves out weigh 0 there: knots list only the sources that matter.
+        weights = tuple(float(w.get(n, 0.0)) for n in names)
+        try:
+            knots.append(
+                Knot(
+                    weights=weights,
+                    at=k.get("at"),
+                    at_fraction=k.get("at_fraction"),
+                    interpolation=k.get("interpolation", default_interp),
+                )
+            )
+        except ScheduleError as e:
+            raise fail(f"knots[{j}]: {e}") from None
+    return Schedule(tuple(sources), tuple(knots), origin=origin)

@@ -1,0 +1,232 @@
+"""ChatFlow trainer: ``torchrun ... -m chatflow.train --model-preset 7b --data-schedule s.yaml ...``.
+
+A straight-line loop on megatron-core's public pieces (through chatflow.engine):
+
+    parse + validate config (fails before anything heavy)
+    -> init torch.distributed + megatron parallel state (chatflow.parallel)
+    -> model chunks, optimizer, LR scheduler (chatflow.model, chatflow.engine)
+    -> resume from the newest complete checkpoint (chatflow.checkpointing)
+    -> dynamic blended dataset continuing exactly where the checkpoint stopped (chatflow.data)
+    -> loop: train_step, log every interval, validate every interval, save every interval.
+
+Run ``python -m chatflow.train --help`` for every flag; examples/pretrain_chatflow.sh launches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from chatflow.config.cli import JobConfig, dump_config, parse_config
+
+logger = logging.getLogger("chatflow.train")
+
+
+def _setup_logging(job: JobConfig, rank: int) -> None:
+    # Rank 0 speaks for the job; the others only report problems.
+    level = job.logging.log_level if rank == 0 else "WARNING"
+    logging.basicConfig(
+        level=level, format=f"[%(asctime)s r{rank}] %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger("chatflow").setLevel(level)
+
+
+def _device_is_cpu(job: JobConfig) -> bool:
+    return job.train.device == "cpu" or not torch.cuda.is_available()
+
+
+def _build_data(job: JobConfig, schedule, info, consumed: int, data_state: Optional[dict]):
+    """The run's dynamic blended dataset and this rank's micro-batch iterator from ``consumed``."""
+    from chatflow.data.blended_dataset import BlendedDatasetConfig, DynamicBlendedDataset
+    from chatflow.data.sampler import DataParallelBatchSampler, DataState
+
+    cfg = BlendedDatasetConfig(
+        seq_length=job.model.seq_length,
+        num_samples=job.train.train_iters * job.train.global_batch_size,
+        seed=job.train.seed,
+        cache_dir=job.data.data_cache_path,
+        valid_fraction=job.data.valid_fraction,
+        eod_id=2,  # LLaMA2's EOS ends every document (tools/preprocess_data.py --append-eod)
+        reset_position_ids=job.data.reset_position_ids,
+        reset_attention_mask=job.data.reset_attention_mask,
+        eod_mask_loss=job.data.eod_mask_loss,
+    )
+    if data_state is None:
+        dataset = DynamicBlendedDataset(cfg, schedule)
+    else:
+        # Each source continues from its own consumed count, even if the schedule changed.
+        state = DataState.from_dict(data_state)
+        dataset = DynamicBlendedDataset(cfg, state.segments_for(schedule, cfg.num_samples))
+        state.verify(dataset)
+    sampler = DataParallelBatchSampler(
+        total_samples=len(dataset),
+        consumed_samples=consumed,
+        micro_batch_size=job.train.micro_batch_size,
+        data_parallel_rank=info.data_rank,
+        data_parallel_size=info.data_parallel_size,
+    )
+    workers = job.data.num_workers
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=info.device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,  # keep a few steps ahead of the GPU
+    )
+    return dataset, iter(loader)
+
+
+def _valid_iterator(dataset, source: int, job: JobConfig, info) -> Iterator[Dict[str, Any]]:
+    """This rank's micro-batches of one source's held-out split, tagged with its source id."""
+    from chatflow.data.sampler import DataParallelBatchSampler
+
+    sampler = DataParallelBatchSampler(
+        total_samples=len(dataset),
+        consumed_samples=0,
+        micro_batch_size=job.train.micro_batch_size,
+        data_parallel_rank=info.data_rank,
+        data_parallel_size=info.data_parallel_size,
+    )
+    for batch in torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0):
+        batch["source_id"] = torch.full((batch["tokens"].shape[0],), source, dtype=torch.long)
+        yield batch
+
+
+def evaluate(job: JobConfig, chunks, valid: Dict[str, Any], names: Sequence[str], info) -> dict:
+    """Validation loss overall and per source on each source's held-out documents."""
+    from chatflow.engine import eval_step
+    from chatflow.metrics import SourceStats
+
+    stats = SourceStats(len(names))
+    num_mb = job.train.num_microbatches(info.data_parallel_size)
+    for k, name in enumerate(names):
+        if name not in valid:
+            continue
+        batches = _valid_iterator(valid[name], k, job, info)
+        for _ in range(job.train.eval_iters):
+            r = eval_step(chunks, batches, num_microbatches=num_mb,
+                          micro_batch_size=job.train.micro_batch_size,
+                          seq_length=job.model.seq_length, num_sources=len(names))  # fmt: skip
+            stats.add(r.source_loss_sum, r.source_tokens, r.source_samples)
+    return {"valid_loss": stats.overall_loss(), "valid_source_loss": stats.per_source_loss(names)}
+
+
+def train(job: JobConfig) -> List[Dict[str, Any]]:
+    """Run (or resume) the job on an initialised process group; returns rank 0's log records."""
+    import megatron_patches
+    from chatflow import checkpointing as ckpt
+    from chatflow import parallel
+    from chatflow.engine import build_optimizer, build_scheduler, train_step
+    from chatflow.metrics import MetricsLogger, SourceStats, scheduled_mix, throughput
+    from chatflow.model import build_model_chunks
+
+    megatron_patches.apply(cuda_available=not _device_is_cpu(job))
+    info = parallel.initialize(
+        job.parallel, seed=job.train.seed, backend="gloo" if _device_is_cpu(job) else None
+    )
+    tc, schedule = job.train, job.data.schedule()
+    names = list(schedule.names)
+    num_samples = tc.train_iters * tc.global_batch_size
+    num_mb = tc.num_microbatches(info.data_parallel_size)
+
+    chunks = build_model_chunks(job.model, job.parallel, bf16=job.optim.bf16)
+    optimizer = build_optimizer(chunks, job.optim, job.parallel)
+    scheduler = build_scheduler(optimizer, job.optim, num_samples)
+    loaded = ckpt.load_checkpoint(job.checkpoint, chunks, optimizer, scheduler)
+    iteration, train_state = (loaded["iteration"], loaded["train_state"]) if loaded else (0, None)
+    consumed = train_state["consumed_samples"] if train_state else 0
+    if iteration >= tc.train_iters:
+        logger.info("checkpoint is at iteration %d of %d: nothing left to train",
+                    iteration, tc.train_iters)  # fmt: skip
+        return []
+    dataset, data_iter = _build_data(
+        job, schedule, info, consumed, train_state["data_state"] if train_state else None
+    )
+    # Each evaluation reads the same first eval_iters global batches of every held-out split.
+    valid = (
+        dataset.validation_datasets(num_samples=tc.eval_iters * tc.global_batch_size)
+        if tc.eval_interval
+        else {}
+    )
+
+    log = MetricsLogger(job, names, is_writer=info.rank == 0, resumed_iteration=iteration)
+    if info.rank == 0 and job.checkpoint.save:
+        os.makedirs(job.checkpoint.save, exist_ok=True)
+        dump_config(job, os.path.join(job.checkpoint.save, "config.yaml"))
+    device_name = torch.cuda.get_device_name() if info.device.type == "cuda" else "cpu"
+    flops_per_token = job.model.flops_per_token()
+    stats = SourceStats(len(names))
+    interval_start, interval_consumed, interval_wait = time.perf_counter(), consumed, 0.0
+    logger.info("training %s: iterations %d -> %d, %d micro-batches/step",
+                job.model, iteration, tc.train_iters, num_mb)  # fmt: skip
+
+    while iteration < tc.train_iters:
+        result = train_step(chunks, optimizer, scheduler, data_iter, num_microbatches=num_mb,
+                            micro_batch_size=tc.micro_batch_size,
+                            seq_length=job.model.seq_length, num_sources=len(names))  # fmt: skip
+        iteration += 1
+        consumed += tc.global_batch_size
+        stats.add(result.source_loss_sum, result.source_tokens, result.source_samples)
+        interval_wait += result.data_wait_s
+        ckpt.maybe_inject_fault("kill_at_iter", iteration)
+
+        if iteration % job.logging.log_interval == 0 or iteration == tc.train_iters:
+            elapsed = time.perf_counter() - interval_start
+            timing = throughput(
+                (consumed - interval_consumed) * job.model.seq_length, elapsed, flops_per_token,
+                info.world_size, job.logging.peak_tflops or _peak(device_name),
+            )  # fmt: skip
+            log.train_record(
+                iteration, consumed, stats, result, timing, elapsed, interval_wait,
+                scheduled_mix(schedule, interval_consumed, consumed, num_samples),
+            )  # fmt: skip
+            stats.reset()
+            interval_start, interval_consumed, interval_wait = time.perf_counter(), consumed, 0.0
+        if tc.eval_interval and iteration % tc.eval_interval == 0:
+            log.eval_record(iteration, consumed, evaluate(job, chunks, valid, names, info))
+        stop = tc.exit_interval is not None and iteration >= tc.exit_interval
+        interval = job.checkpoint.save_interval
+        if job.checkpoint.save and (
+            (interval and iteration % interval == 0) or stop or iteration == tc.train_iters
+        ):
+            from chatflow.data.sampler import DataState
+
+            state = {
+                "consumed_samples": consumed,
+                "data_state": DataState.capture(dataset, consumed).to_dict(),
+            }
+            ckpt.save_checkpoint(job.checkpoint, iteration, chunks, optimizer, scheduler, state)
+            interval_start = time.perf_counter()  # keep save time out of the throughput figures
+        if stop:
+            logger.info("exit interval %d reached", tc.exit_interval)
+            break
+    log.close()
+    return log.records
+
+
+def _peak(device_name: str) -> Optional[float]:
+    from chatflow.metrics import peak_tflops_for_device
+
+    return peak_tflops_for_device(device_name)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command-line entry point (``python -m chatflow.train``)."""
+    job = parse_config(argv)  # every setting is checked before torch.distributed starts
+    _setup_logging(job, int(os.environ.get("RANK", "0")))
+    from chatflow import parallel
+
+    try:
+        train(job)
+    finally:
+        if torch.distributed.is_initialized():
+            parallel.destroy()
+
+
+if __name__ == "__main__":  # the dist-checkpoint writer's spawn Manager re-imports __main__
+    main()

@@ -1,0 +1,61 @@
+"""Shared fixtures: the shipped demo tokenizer, the embedded sample corpus, tool runners."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_TOKENIZER = os.path.join(ROOT, "examples", "tokenizer", "chatflow_demo.model")
+SAMPLE_DATA = os.path.join(ROOT, "examples", "data")
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer_path() -> str:
+    """Path of the shipped LLaMA-style demo sentencepiece model."""
+    assert os.path.isfile(DEMO_TOKENIZER), f"{DEMO_TOKENIZER} is missing"
+    return DEMO_TOKENIZER
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_tokenizer_path):
+    """The demo model wrapped in :class:`chatflow.tokenizer.Tokenizer`."""
+    from chatflow.tokenizer import Tokenizer
+
+    return Tokenizer(demo_tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir() -> str:
+    """Directory of the embedded sample corpus (zh_text, en_text, parallel, instruct .jsonl)."""
+    return SAMPLE_DATA
+
+
+def run_tool(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``tools/<name>.py`` in a subprocess with this interpreter; returns the result."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *map(str, args)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr}")
+    return res
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` as a module, to call its ``main(argv)`` in-process (fast)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def call_tool(name: str, *args, capsys) -> tuple[int, str, str]:
+    """Run a tool's ``main`` in-process; returns (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = load_tool(name).main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -1,0 +1,217 @@
+"""megatron_patches: version pin, apply/revert semantics, and each patch's effect on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import megatron_patches
+from megatron_patches import _torch_mode
+
+CPU_ONLY = not torch.cuda.is_available()
+cpu_only = pytest.mark.skipif(not CPU_ONLY, reason="CPU patches are not applied with CUDA")
+
+
+@pytest.fixture
+def patched():
+    """All patches applied for the test, reverted afterwards (the pytest process stays clean)."""
+    names = megatron_patches.apply()
+    try:
+        yield names
+    finally:
+        megatron_patches.revert()
+
+
+def test_check_version():
+    assert megatron_patches.check_version() == "0.16.1"
+    with pytest.raises(
+        RuntimeError, match=r"0\.15\.0 is installed .* pinned to megatron-core==0\.16\.1"
+    ):
+        megatron_patches.check_version("0.15.0")
+
+
+def test_cuda_machines_get_no_cpu_patches():
+    try:
+        names = megatron_patches.apply(cuda_available=True)
+        assert not set(names) & set(megatron_patches.CPU_PATCHES)
+        assert not _torch_mode.is_installed()
+        assert megatron_patches.applied() == names
+    finally:
+        megatron_patches.revert()
+
+
+@cpu_only
+def test_apply_is_idempotent_and_revertible():
+    depth = torch._C._len_torch_function_stack()
+    current_device = torch.cuda.current_device
+    try:
+        first = megatron_patches.apply()
+        patched_fn = torch.cuda.current_device
+        assert megatron_patches.apply() == first
+        assert torch.cuda.current_device is patched_fn  # not wrapped twice
+        assert torch._C._len_torch_function_stack() == depth + 1  # one mode, pushed once
+        assert set(megatron_patches.applied()) == set(first)
+    finally:
+        megatron_patches.revert()
+    assert megatron_patches.applied() == []
+    assert torch._C._len_torch_function_stack() == depth
+    assert torch.cuda.current_device is current_device
+    with pytest.raises((RuntimeError, AssertionError)):
+        torch.empty(1, device="cuda")
+
+
+@cpu_only
+def test_device_redirect(patched):
+    assert torch.empty(2, device="cuda").device.type == "cpu"
+    assert torch.zeros(2, device=torch.cuda.current_device()).device.type == "cpu"
+    assert torch.ones(2, device=torch.device("cuda", 0)).device.type == "cpu"
+    x = torch.arange(3.0)
+    assert x.cuda() is x
+    assert x.to("cuda").device.type == "cpu"
+    assert x.to(0, torch.float64).dtype == torch.float64
+    assert x.new_zeros(2, device="cuda:0").device.type == "cpu"
+    # Autograd through the mode is unaffected.
+    w = torch.ones(3, requires_grad=True)
+    (w * x).sum().backward()
+    torch.testing.assert_close(w.grad, x)
+
+
+@cpu_only
+def test_param_type(patched):
+    assert torch.zeros(1).type() == "torch.cuda.FloatTensor"
+    assert torch.zeros(1, dtype=torch.bfloat16).type() == "torch.cuda.BFloat16Tensor"
+    assert torch.zeros(1).type("torch.cuda.HalfTensor").dtype == torch.float16
+    assert torch.zeros(1).type(torch.float64).dtype == torch.float64
+
+
+@cpu_only
+def test_synchronize(patched):
+    assert torch.cuda.synchronize() is None
+
+
+@cpu_only
+def test_causal_mask(patched):
+    from megatron.core.fusions import fused_softmax
+    from megatron.core.transformer import utils
+
+    mask = utils.get_default_causal_mask(5)
+    expected = torch.tensor([[j > i for j in range(5)] for i in range(5)])
+    assert mask.device.type == "cpu" and torch.equal(mask, expected)
+    assert fused_softmax.get_default_causal_mask(5) is mask  # cached, and both names patched
+
+
+@cpu_only
+def test_rng_tracker_streams(patched):
+    from megatron.core.tensor_parallel import random as mrandom
+
+    def draws(tp_rank):
+        mrandom.model_parallel_cuda_manual_seed(11, tp_rank=tp_rank, ep_rank=0, etp_rank=0)
+        torch.manual_seed(99)
+        before = torch.rand(2)
+        with mrandom.get_cuda_rng_tracker().fork():
+            inside = torch.rand(3)
+        after = torch.rand(2)
+        return before, inside, after
+
+    before, inside, after = draws(tp_rank=0)
+    # The model-parallel stream is the CPU generator seeded with seed + 2718 + tp_rank ...
+    torch.testing.assert_close(inside, torch.rand(3, generator=torch.Generator().manual_seed(2729)))
+    # ... and forking it leaves the default stream exactly where it was.
+    default = torch.Generator().manual_seed(99)
+    torch.testing.assert_close(torch.cat([before, after]), torch.rand(4, generator=default))
+    _, inside_tp1, _ = draws(tp_rank=1)
+    assert not torch.equal(inside, inside_tp1)
+    # A second fork continues the stream instead of restarting it.
+    with mrandom.get_cuda_rng_tracker().fork():
+        again = torch.rand(3)
+    assert not torch.equal(again, inside_tp1)
+
+
+def _tiny_run(tmp_path, sharding, steps_before: int = 2):
+    """Train k steps, save, restore into a fresh model+optimizer, one more step on both.
+
+    ``sharding`` is the distributed optimizer's checkpoint format, None for the plain optimizer.
+
+    Returns (loss of the continued original, loss of the restored copy, max param difference).
+    """
+    from megatron.core import dist_checkpointing
+
+    from chatflow import engine
+    from chatflow.config import ModelConfig, OptimizerConfig, ParallelConfig
+    from chatflow.model import build_model_chunks, load_model_state_dict, model_sharded_state_dict
+
+    cfg = ModelConfig.from_preset("tiny", 300, num_layers=2, hidden_size=64, ffn_hidden_size=176,
+                                  seq_length=16)  # fmt: skip
+    par = ParallelConfig(use_distributed_optimizer=sharding is not None)
+    optim = OptimizerConfig(lr=1e-2, min_lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(steps_before + 1):
+        t = torch.randint(0, 300, (2, 17), generator=g)
+        batches.append({
+            "tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(2, 16),
+            "position_ids": torch.arange(16).expand(2, 16), "source_id": torch.tensor([0, 1]),
+        })  # fmt: skip
+    kwargs = dict(num_microbatches=1, micro_batch_size=2, seq_length=16, num_sources=2)
+    metadata = {"distrib_optim_sharding_type": sharding} if sharding else None
+
+    def build():
+        chunks = build_model_chunks(cfg, par)
+        optimizer = engine.build_optimizer(chunks, optim, par)
+        return chunks, optimizer, engine.build_scheduler(optimizer, optim, train_samples=100)
+
+    def state(chunks, optimizer, loading):
+        model_sd = model_sharded_state_dict(chunks)
+        opt_sd = optimizer.sharded_state_dict(model_sd, is_loading=loading, metadata=metadata)
+        return {**model_sd, "optimizer": opt_sd}
+
+    chunks, optimizer, scheduler = build()
+    for batch in batches[:-1]:
+        engine.train_step(chunks, optimizer, scheduler, iter([batch]), **kwargs)
+    dist_checkpointing.save(state(chunks, optimizer, False), str(tmp_path))
+    scheduler_state = scheduler.state_dict()  # the trainer stores it in the common state
+    original = engine.train_step(chunks, optimizer, scheduler, iter(batches[-1:]), **kwargs)
+
+    torch.manual_seed(123)  # a different initialisation, overwritten by the load
+    chunks2, optimizer2, scheduler2 = build()
+    loaded = dist_checkpointing.load(state(chunks2, optimizer2, True), str(tmp_path))
+    load_model_state_dict(chunks2, loaded)
+    optimizer2.load_state_dict(loaded["optimizer"])
+    scheduler2.load_state_dict(scheduler_state)
+    restored = engine.train_step(chunks2, optimizer2, scheduler2, iter(batches[-1:]), **kwargs)
+    diff = max(
+        (a - b).abs().max().item() for a, b in zip(chunks[0].parameters(), chunks2[0].parameters())
+    )
+    return original, restored, diff
+
+
+@pytest.fixture
+def one_process(patched):
+    from chatflow import parallel
+    from chatflow.config import ParallelConfig
+
+    parallel.initialize(ParallelConfig(use_distributed_optimizer=True), seed=5)
+    try:
+        yield
+    finally:
+        parallel.destroy()
+
+
+@pytest.mark.parametrize("sharding", ["fully_reshardable", "dp_reshardable", None])
+def test_distributed_optimizer_checkpoint_round_trip(one_process, tmp_path, sharding):
+    original, restored, diff = _tiny_run(tmp_path, sharding)
+    assert restored.loss == original.loss  # same weights before the step: bit-identical loss
+    assert restored.grad_norm == pytest.approx(original.grad_norm, rel=1e-12)
+    assert diff == 0.0  # Adam moments and step restored: identical update
+
+
+def test_distributed_optimizer_load_fails_without_the_patch(one_process, tmp_path):
+    from megatron_patches import distrib_optim_load
+
+    distrib_optim_load.revert()
+    try:
+        # upstream: AssertionError in state_dict() (no "step" yet), KeyError 'step' when copying
+        with pytest.raises((AssertionError, KeyError)):
+            _tiny_run(tmp_path, "fully_reshardable", steps_before=1)
+    finally:
+        distrib_optim_load.apply()
