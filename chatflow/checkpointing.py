@@ -3,7 +3,8 @@
 Layout of a checkpoint directory::
 
     <save>/
-      iter_0000040/                     complete dist-checkpoint (metadata.json, common.pt, shards)
+      iter_0000040/                     complete dist-checkpoint (metadata.json, common.pt, shards,
+                                        data_state.json for tools/build_index.py --data-state)
       iter_0000060/
       iter_0000080.tmp/                 a save in progress, or left by a crash: never loaded
       latest_checkpointed_iteration.txt "60": the newest complete checkpoint
@@ -18,6 +19,7 @@ so a checkpoint loads into any TP/PP/VPP/DP layout (with the fully-reshardable o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -39,7 +41,8 @@ TRACKER_FILE = "latest_checkpointed_iteration.txt"
 _ITER_DIR = re.compile(r"^iter_(\d{7})$")
 
 # Fault injection for the crash tests: "kill_in_save:<iteration>" SIGKILLs rank 0 after the
-# shards of that iteration are written but before the rename, i.e. in the middle of a save.
+# shards of that iteration are written but before the rename, i.e. in the middle of a save;
+# "kill_at_iter:<i>" SIGKILLs it after step i; "sigterm_at_iter:<i>" sends it SIGTERM instead.
 FAULT_ENV = "CHATFLOW_FAULT_INJECT"
 
 
@@ -49,11 +52,12 @@ def checkpoint_dir_name(iteration: int) -> str:
 
 
 def maybe_inject_fault(point: str, iteration: int) -> None:
-    """SIGKILL this process if ``$CHATFLOW_FAULT_INJECT`` is ``<point>:<iteration>`` (tests only)."""
+    """Signal rank 0 if ``$CHATFLOW_FAULT_INJECT`` is ``<point>:<iteration>`` (crash tests)."""
     spec = os.environ.get(FAULT_ENV)
     if spec and spec == f"{point}:{iteration}" and torch.distributed.get_rank() == 0:
-        logger.warning("fault injection: SIGKILL at %s, iteration %d", point, iteration)
-        os.kill(os.getpid(), signal.SIGKILL)
+        sig = signal.SIGTERM if point.startswith("sigterm") else signal.SIGKILL
+        logger.warning("fault injection: %s at %s, iteration %d", sig.name, point, iteration)
+        os.kill(os.getpid(), sig)
 
 
 def read_tracker(ckpt_dir: str) -> Optional[int]:
@@ -115,6 +119,10 @@ def _layout() -> Dict[str, int]:
     }
 
 
+def _precision(model: List[torch.nn.Module]) -> str:
+    return str(next(_unwrap(model[0]).parameters()).dtype).replace("torch.", "")
+
+
 def _rng_state() -> Dict[str, Any]:
     state = {
         "random": random.getstate(),
@@ -143,43 +151,6 @@ def _rng_sharded_object(data: Any) -> ShardedObject:
     return ShardedObject("chatflow_rng_state", data, (world,), (rank,), replica_id=0)
 
 
-def _materialize_adam_state(optimizer: Any) -> None:
-    """Create torch Adam's per-parameter state (zeros, step 0) where it does not exist yet.
-
-    torch's Adam creates its state lazily at the first step. Without TE/apex (always so on CPU)
-    megatron-core 0.16.1's ``DistributedOptimizer.state_dict()`` asserts that every parameter has
-    a ``step``, so a freshly built optimizer cannot even describe the state it is about to load.
-    The zeros are placeholders: the load overwrites them (``step`` comes from the param groups).
-    """
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
-            continue
-        for group in inner.param_groups:
-            for p in group["params"]:
-                state = inner.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
-
-def _unshare_adam_steps(optimizer: Any) -> None:
-    """Give every parameter its own Adam ``step`` tensor after a load.
-
-    Without TE/apex, megatron-core 0.16.1's ``DistributedOptimizer.load_state_dict`` assigns one
-    ``step`` tensor object to every parameter's state; torch's Adam increments steps in place,
-    once per parameter, so the shared counter would run ahead and skew the bias correction
-    (the resumed loss curve would drift from the uninterrupted one from the second step on).
-    """
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
-            for state in inner.state.values():
-                if torch.is_tensor(state.get("step")):
-                    state["step"] = state["step"].detach().clone()
-
-
 def _sharded_state_dict(
     model: List[torch.nn.Module],
     optimizer: Any,
@@ -194,8 +165,6 @@ def _sharded_state_dict(
         # name does not matter for resharding; Megatron uses model / model0, model1, ...
         state["model" if len(model) == 1 else f"model{i}"] = _unwrap(chunk).sharded_state_dict()
     if include_optimizer:
-        if is_loading:
-            _materialize_adam_state(optimizer)
         model_state = {k: v for k, v in state.items() if k.startswith("model")}
         state["optimizer"] = optimizer.sharded_state_dict(
             model_state,
@@ -232,7 +201,7 @@ def save_checkpoint(
     if rank == 0:
         os.makedirs(cfg.save, exist_ok=True)
         for name in os.listdir(cfg.save):  # leftovers of crashed saves
-            if name.endswith(".tmp") and _ITER_DIR.match(name[:-4]):
+            if name.startswith("iter_") and name.endswith(".tmp"):
                 shutil.rmtree(os.path.join(cfg.save, name), ignore_errors=True)
         os.makedirs(tmp)
     torch.distributed.barrier()
@@ -242,19 +211,28 @@ def save_checkpoint(
     state["train_state"] = train_state
     state["scheduler"] = scheduler.state_dict()
     state["layout"] = _layout()
+    state["precision"] = _precision(model)
     dist_checkpointing.save(
         state,
         tmp,
         content_metadata={"distrib_optim_sharding_type": cfg.ckpt_optim_sharding_type},
     )
+    if rank == 0 and train_state.get("data_state") is not None:
+        # Also as plain JSON, for `tools/build_index.py --data-state` (prebuild a resume's indices).
+        with open(os.path.join(tmp, "data_state.json"), "w") as fh:
+            json.dump(train_state["data_state"], fh)
     torch.distributed.barrier()  # every rank's shards are on disk before the rename
     maybe_inject_fault("kill_in_save", iteration)
     if rank == 0:
+        replaced = None
         if os.path.isdir(final):
-            # An older save of the same iteration that the tracker does not name (a crash after
-            # the rename, before the tracker update, then a resume from an earlier checkpoint).
-            shutil.rmtree(final)
+            # An older save of the same iteration (a crash after the rename but before the
+            # tracker update, then a resume from an earlier one): swap, then delete it.
+            replaced = final + ".replaced.tmp"
+            os.replace(final, replaced)
         os.replace(tmp, final)
+        if replaced:
+            shutil.rmtree(replaced, ignore_errors=True)
         _fsync_dir(cfg.save)
         _write_atomic(os.path.join(cfg.save, TRACKER_FILE), f"{iteration}\n")
         _prune(cfg.save, cfg.keep_last_checkpoints)
@@ -277,30 +255,42 @@ def load_checkpoint(
     optimizer: Any,
     scheduler: Any,
 ) -> Optional[Dict[str, Any]]:
-    """Restore the newest complete checkpoint of ``cfg.load_dir`` into model/optimizer/scheduler.
+    """Restore the newest complete checkpoint into model/optimizer/scheduler.
+
+    Where from: the ``--save`` directory if it already holds a checkpoint (a restarted job
+    resumes itself, so a re-submitted ``--finetune`` command does not start over), else
+    ``--load`` (a full resume, or weights only with ``--finetune``), else nothing.
 
     Returns:
         None if there is nothing to load (a fresh run). Otherwise a dict with ``iteration`` and
         ``train_state`` (as given to ``save_checkpoint``); with ``--finetune`` only the weights
         are loaded and ``{"iteration": 0, "train_state": None}`` is returned.
     """
-    ckpt_root = cfg.load_dir
-    if ckpt_root is None:
-        return None
-    iteration = read_tracker(ckpt_root)
-    if iteration is None:
-        if cfg.load is not None:
+    finetune = cfg.finetune
+    iteration = read_tracker(cfg.save) if cfg.save else None
+    if iteration is not None:
+        ckpt_root, finetune = cfg.save, False
+    elif cfg.load is not None:
+        ckpt_root, iteration = cfg.load, read_tracker(cfg.load)
+        if iteration is None and os.path.abspath(cfg.load) != os.path.abspath(cfg.save or ""):
             raise FileNotFoundError(f"--load {cfg.load}: no {TRACKER_FILE}, nothing to load")
-        return None  # --save directory without a checkpoint yet: fresh start
+    if iteration is None:
+        return None
     path = os.path.join(ckpt_root, checkpoint_dir_name(iteration))
     common = dist_checkpointing.load_common_state_dict(path)
     saved_layout, layout = common.get("layout", {}), _layout()
-    load_optim = not (cfg.finetune or cfg.no_load_optim)
+    load_optim = not (finetune or cfg.no_load_optim)
     # RNG streams only continue meaningfully in the same layout; elsewhere keep the fresh seeds.
-    load_rng = not (cfg.finetune or cfg.no_load_rng) and saved_layout == layout
-    if not load_rng and not (cfg.finetune or cfg.no_load_rng):
+    load_rng = not (finetune or cfg.no_load_rng) and saved_layout == layout
+    if not load_rng and not (finetune or cfg.no_load_rng):
         logger.warning("layout %s differs from checkpoint's %s: RNG states not restored",
                        layout, saved_layout)
+    if load_optim and common.get("precision", _precision(model)) != _precision(model):
+        # fp32 and bf16 runs keep different optimizer states (bf16 adds fp32 main weights).
+        raise ValueError(
+            f"{path}: saved by a {common['precision']} run, this run is {_precision(model)}: "
+            "add --no-load-optim to continue from its weights with a fresh optimizer"
+        )
     if load_optim:
         saved_type = (common.get("content_metadata") or {}).get("distrib_optim_sharding_type")
         if saved_type is not None and saved_type != cfg.ckpt_optim_sharding_type:
@@ -314,15 +304,17 @@ def load_checkpoint(
     for i, chunk in enumerate(model):
         _unwrap(chunk).load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"])
     if load_optim:
+        # Without TE/apex, megatron_patches.distrib_optim_load fixes the Adam step state.
         optimizer.load_state_dict(loaded["optimizer"])
-        _unshare_adam_steps(optimizer)
         scheduler.load_state_dict(loaded["scheduler"])
     else:
         # The optimizer's fp32 main weights are copies: refresh them from the loaded weights.
         optimizer.reload_model_params()
+        if not finetune:  # --no-load-optim: fresh moments, but the LR continues its schedule
+            scheduler.step(increment=int(loaded["train_state"]["consumed_samples"]))
     if load_rng:
         _set_rng_state(loaded["rng_state"])
     logger.info("loaded checkpoint %s (layout %s -> %s)", path, saved_layout, layout)
-    if cfg.finetune:
+    if finetune:
         return {"iteration": 0, "train_state": None}
     return {"iteration": int(loaded["iteration"]), "train_state": loaded["train_state"]}

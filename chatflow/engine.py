@@ -97,13 +97,14 @@ def build_optimizer(
     config.finalize_model_grads_func = finalize_model_grads
     config.grad_scale_func = optimizer.scale_loss
     if parallel.overlap_grad_reduce:
+        # The schedule suppresses the reduction during all but the last micro-batch and starts
+        # each chunk's reduction as soon as its last backward is done (as Megatron-LM does).
         no_sync = [c.no_sync for c in chunks]
         config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
         grad_sync = [c.start_grad_sync for c in chunks]
         config.grad_sync_func = grad_sync[0] if len(grad_sync) == 1 else grad_sync
-    if parallel.overlap_param_gather:
-        param_sync = [c.start_param_sync for c in chunks]
-        config.param_sync_func = param_sync[0] if len(param_sync) == 1 else param_sync
+    # overlap_param_gather needs no hook here: DDP's forward pre-hooks wait for each bucket's
+    # all-gather (Megatron-LM's default, align_param_gather=False).
     return optimizer
 
 
@@ -193,9 +194,7 @@ def check_batch(batch: Batch, micro_batch_size: int, seq_length: int, num_source
         raise ValueError(f"source_id: values must lie in [0, num_sources={num_sources})")
 
 
-def _pull_microbatches(
-    data_iterator: Iterator[Batch], n: int, device: torch.device, shape_args: tuple
-) -> tuple:
+def _pull_microbatches(data_iterator: Iterator[Batch], n: int, shape_args: tuple) -> tuple:
     start = time.perf_counter()
     batches = []
     for i in range(n):
@@ -207,7 +206,11 @@ def _pull_microbatches(
     wait = time.perf_counter() - start
     for batch in batches:
         check_batch(batch, *shape_args)  # on the host copy: no device sync
-    return [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches], wait
+    return batches, wait
+
+
+def _to_device(device: torch.device, batch: Batch) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _run_schedule(
@@ -227,11 +230,13 @@ def _run_schedule(
             f"(= global batch / (micro batch x data-parallel size))"
         )
     batches, wait = _pull_microbatches(
-        data_iterator, num_microbatches, device, (micro_batch_size, seq_length, num_sources)
+        data_iterator, num_microbatches, (micro_batch_size, seq_length, num_sources)
     )
     # Every model chunk walks the same micro-batches in order (the interleaved schedule calls
     # the forward step num_microbatches times per chunk).
-    iterators = [iter(batches) for _ in chunks]
+    # Host copies are kept; each micro-batch moves to the device only when the schedule reaches
+    # it, so device memory holds one or a few micro-batches, not the whole global batch.
+    iterators = [map(partial(_to_device, device), batches) for _ in chunks]
     losses = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, num_sources),
         data_iterator=iterators if len(chunks) > 1 else iterators[0],

@@ -46,7 +46,7 @@ PEAK_TFLOPS_BF16 = {
 def peak_tflops_for_device(device_name: str) -> Optional[float]:
     """Peak dense bf16 TFLOP/s for a device name such as ``NVIDIA H100 80GB HBM3``, else None."""
     name = device_name.upper()
-    # Longest key first so that "H100" does not match "H10" style prefixes of other parts.
+    # Longest key first, so that "A10" does not claim an A100 nor "H20" an H200.
     for key in sorted(PEAK_TFLOPS_BF16, key=len, reverse=True):
         if key in name:
             if key == "H100" and "PCIE" in name:

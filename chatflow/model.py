@@ -12,13 +12,14 @@ import torch.nn.functional as F
 
 from chatflow.config.model import ModelConfig
 from chatflow.config.parallel import ParallelConfig
+from chatflow.parallel import uses_cuda
 
 logger = logging.getLogger(__name__)
 
 
 def transformer_engine_available() -> bool:
     """True when TransformerEngine can be used: CUDA present and the package importable."""
-    if not torch.cuda.is_available() or importlib.util.find_spec("transformer_engine") is None:
+    if not uses_cuda() or importlib.util.find_spec("transformer_engine") is None:
         return False
     try:
         import transformer_engine.pytorch  # noqa: F401
@@ -26,6 +27,17 @@ def transformer_engine_available() -> bool:
         logger.warning("TransformerEngine is installed but not importable (%s); local spec", exc)
         return False
     return True
+
+
+def _grad_accum_fusion_available() -> bool:
+    """megatron-core's non-TE linears (the output layer) need apex's CUDA extension for it."""
+    if importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None:
+        return True
+    # Megatron-LM turns it off in the same situation instead of failing at model build.
+    logger.warning(
+        "apex fused_weight_gradient_mlp_cuda not found: gradient-accumulation fusion off"
+    )
+    return False
 
 
 def transformer_config(
@@ -49,7 +61,7 @@ def transformer_config(
     parallel.validate(model)
     if use_te is None:
         use_te = transformer_engine_available()
-    cuda = torch.cuda.is_available()
+    cuda = uses_cuda()
     if parallel.sequence_parallel and not use_te:
         raise ValueError(
             "sequence_parallel: needs TransformerEngine on CUDA (megatron-core's local spec uses "
@@ -99,7 +111,7 @@ def transformer_config(
         masked_softmax_fusion=fused,
         apply_rope_fusion=fused,
         persist_layer_norm=fused,
-        gradient_accumulation_fusion=fused,
+        gradient_accumulation_fusion=fused and _grad_accum_fusion_available(),
         # activation recomputation
         recompute_granularity=model.recompute_granularity,
         recompute_method=model.recompute_method,
@@ -174,7 +186,7 @@ def build_model_chunks(
             rotary_base=model.rotary_base,
             vp_stage=stage,
         )
-        if torch.cuda.is_available():
+        if uses_cuda():
             gpt.cuda(torch.cuda.current_device())
         chunks.append(gpt)
     if bf16:

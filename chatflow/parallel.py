@@ -41,6 +41,14 @@ class DistributedInfo:
     """Device the model lives on (cuda:<local_rank> or cpu)."""
 
 
+def uses_cuda() -> bool:
+    """Whether megatron-core runs on CUDA here: CUDA is present and the CPU patches are not
+    active (``megatron_patches.apply(cuda_available=False)`` forces CPU on a GPU machine)."""
+    import megatron_patches
+
+    return torch.cuda.is_available() and not megatron_patches.cpu_mode()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -79,7 +87,7 @@ def initialize(
     # Megatron's TP communication overlap needs one CUDA work queue, ordered as issued; it must
     # be set before the first CUDA call (Megatron-LM requires the same).
     os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
-    cuda = torch.cuda.is_available()
+    cuda = uses_cuda()
     backend = backend or ("nccl" if cuda else "gloo")
     if cuda:
         torch.cuda.set_device(local_rank)

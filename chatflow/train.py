@@ -1,4 +1,4 @@
-"""ChatFlow trainer: ``torchrun ... -m chatflow.train --model-preset 7b --data-schedule s.yaml ...``.
+"""ChatFlow trainer: ``torchrun ... -m chatflow.train --model-preset 7b --data-schedule x.yaml``.
 
 A straight-line loop on megatron-core's public pieces (through chatflow.engine):
 
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
+import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -33,9 +35,24 @@ def _setup_logging(job: JobConfig, rank: int) -> None:
         level=level, format=f"[%(asctime)s r{rank}] %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logging.getLogger("chatflow").setLevel(level)
+    if level != "DEBUG":
+        # megatron-core logs every parameter name of every DDP bucket at INFO.
+        logging.getLogger("megatron").setLevel("WARNING")
+        # Without TE/apex (CPU) megatron-core warns about each fallback at import; say it once.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+        warnings.filterwarnings(
+            "ignore", category=FutureWarning, module=r"(torch\.distributed|megatron)"
+        )
+        # Raised once per process when megatron-core reads .grad under the CPU device patch.
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not")
 
 
 def _device_is_cpu(job: JobConfig) -> bool:
+    if job.train.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch sees no CUDA device on this machine")
+    if job.train.device == "cpu" and torch.cuda.is_available():
+        # Model building follows torch.cuda.is_available(); hide the GPUs to train on CPU.
+        raise RuntimeError("--device cpu on a machine with GPUs: set CUDA_VISIBLE_DEVICES=''")
     return job.train.device == "cpu" or not torch.cuda.is_available()
 
 
@@ -44,16 +61,19 @@ def _build_data(job: JobConfig, schedule, info, consumed: int, data_state: Optio
     from chatflow.data.blended_dataset import BlendedDatasetConfig, DynamicBlendedDataset
     from chatflow.data.sampler import DataParallelBatchSampler, DataState
 
+    d = job.data
     cfg = BlendedDatasetConfig(
         seq_length=job.model.seq_length,
         num_samples=job.train.train_iters * job.train.global_batch_size,
         seed=job.train.seed,
-        cache_dir=job.data.data_cache_path,
-        valid_fraction=job.data.valid_fraction,
-        eod_id=2,  # LLaMA2's EOS ends every document (tools/preprocess_data.py --append-eod)
-        reset_position_ids=job.data.reset_position_ids,
-        reset_attention_mask=job.data.reset_attention_mask,
-        eod_mask_loss=job.data.eod_mask_loss,
+        cache_dir=d.data_cache_path,
+        valid_fraction=d.valid_fraction,
+        # LLaMA2's EOS ends every document; only these options read it (and it keys the cache,
+        # so leaving it unset otherwise lets tools/build_index.py's prebuilt indices match).
+        eod_id=2 if (d.reset_position_ids or d.reset_attention_mask or d.eod_mask_loss) else None,
+        reset_position_ids=d.reset_position_ids,
+        reset_attention_mask=d.reset_attention_mask,
+        eod_mask_loss=d.eod_mask_loss,
     )
     if data_state is None:
         dataset = DynamicBlendedDataset(cfg, schedule)
@@ -69,7 +89,7 @@ def _build_data(job: JobConfig, schedule, info, consumed: int, data_state: Optio
         data_parallel_rank=info.data_rank,
         data_parallel_size=info.data_parallel_size,
     )
-    workers = job.data.num_workers
+    workers = d.num_workers
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -155,15 +175,20 @@ def train(job: JobConfig) -> List[Dict[str, Any]]:
     )
 
     log = MetricsLogger(job, names, is_writer=info.rank == 0, resumed_iteration=iteration)
+    sigterm = _SigtermFlag() if tc.exit_signal_handler else None
     if info.rank == 0 and job.checkpoint.save:
         os.makedirs(job.checkpoint.save, exist_ok=True)
         dump_config(job, os.path.join(job.checkpoint.save, "config.yaml"))
     device_name = torch.cuda.get_device_name() if info.device.type == "cuda" else "cpu"
     flops_per_token = job.model.flops_per_token()
     stats = SourceStats(len(names))
-    interval_start, interval_consumed, interval_wait = time.perf_counter(), consumed, 0.0
-    logger.info("training %s: iterations %d -> %d, %d micro-batches/step",
-                job.model, iteration, tc.train_iters, num_mb)  # fmt: skip
+    # Throughput counts training only: evaluation and checkpoint time go to `paused`.
+    interval_start, interval_consumed = time.perf_counter(), consumed
+    interval_wait = paused = 0.0
+    logger.info("training %.1fM-parameter LLaMA (%d layers, hidden %d), iterations %d -> %d, "
+                "%d micro-batches of %d per DP rank per step", job.model.num_parameters() / 1e6,
+                job.model.num_layers, job.model.hidden_size, iteration, tc.train_iters, num_mb,
+                tc.micro_batch_size)  # fmt: skip
 
     while iteration < tc.train_iters:
         result = train_step(chunks, optimizer, scheduler, data_iter, num_microbatches=num_mb,
@@ -174,9 +199,10 @@ def train(job: JobConfig) -> List[Dict[str, Any]]:
         stats.add(result.source_loss_sum, result.source_tokens, result.source_samples)
         interval_wait += result.data_wait_s
         ckpt.maybe_inject_fault("kill_at_iter", iteration)
+        ckpt.maybe_inject_fault("sigterm_at_iter", iteration)
 
         if iteration % job.logging.log_interval == 0 or iteration == tc.train_iters:
-            elapsed = time.perf_counter() - interval_start
+            elapsed = time.perf_counter() - interval_start - paused
             timing = throughput(
                 (consumed - interval_consumed) * job.model.seq_length, elapsed, flops_per_token,
                 info.world_size, job.logging.peak_tflops or _peak(device_name),
@@ -187,9 +213,14 @@ def train(job: JobConfig) -> List[Dict[str, Any]]:
             )  # fmt: skip
             stats.reset()
             interval_start, interval_consumed, interval_wait = time.perf_counter(), consumed, 0.0
+            paused = 0.0
+        pause_start = time.perf_counter()
         if tc.eval_interval and iteration % tc.eval_interval == 0:
             log.eval_record(iteration, consumed, evaluate(job, chunks, valid, names, info))
         stop = tc.exit_interval is not None and iteration >= tc.exit_interval
+        if tc.exit_signal_handler and sigterm.received(info.device):
+            logger.warning("SIGTERM received: saving iteration %d and exiting", iteration)
+            stop = True
         interval = job.checkpoint.save_interval
         if job.checkpoint.save and (
             (interval and iteration % interval == 0) or stop or iteration == tc.train_iters
@@ -201,12 +232,29 @@ def train(job: JobConfig) -> List[Dict[str, Any]]:
                 "data_state": DataState.capture(dataset, consumed).to_dict(),
             }
             ckpt.save_checkpoint(job.checkpoint, iteration, chunks, optimizer, scheduler, state)
-            interval_start = time.perf_counter()  # keep save time out of the throughput figures
+        paused += time.perf_counter() - pause_start
         if stop:
-            logger.info("exit interval %d reached", tc.exit_interval)
+            logger.info("stopping at iteration %d", iteration)
             break
     log.close()
     return log.records
+
+
+class _SigtermFlag:
+    """Records SIGTERM; ranks agree on it through an all-reduce so that all save together."""
+
+    def __init__(self) -> None:
+        self._got = False
+        signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self._got = True
+
+    def received(self, device: torch.device) -> bool:
+        """True on every rank if any rank got SIGTERM (collective: call on all ranks)."""
+        flag = torch.tensor([1.0 if self._got else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 def _peak(device_name: str) -> Optional[float]:
@@ -217,7 +265,12 @@ def _peak(device_name: str) -> Optional[float]:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command-line entry point (``python -m chatflow.train``)."""
-    job = parse_config(argv)  # every setting is checked before torch.distributed starts
+    from chatflow.config.cli import ConfigError
+
+    try:
+        job = parse_config(argv)  # every setting is checked before torch.distributed starts
+    except ConfigError as e:
+        raise SystemExit(f"chatflow.train: {e}") from None
     _setup_logging(job, int(os.environ.get("RANK", "0")))
     from chatflow import parallel
 

@@ -28,9 +28,25 @@ void check_size(const py::array& x, int64_t expected, const char* name) {
   }
 }
 
+template <typename T>
+py::array_t<T> checked_output(const py::object& obj, int64_t n) {
+  using Out = py::array_t<T, py::array::c_style>;
+  if (!py::isinstance<Out>(obj)) {
+    throw std::invalid_argument("blending: output arrays must be C-contiguous numpy arrays of "
+                                "int16 (dataset_index) and int64 (dataset_sample_index)");
+  }
+  Out arr = py::reinterpret_borrow<Out>(obj);
+  if (arr.ndim() != 1 || arr.size() != n || !arr.writeable()) {
+    throw std::invalid_argument("blending: output arrays must be writable, 1-D, of length " +
+                                std::to_string(n));
+  }
+  return arr;
+}
+
 py::tuple build(Builder builder, CArray<double> t0, CArray<double> t1, CArray<int8_t> kind,
                 CArray<double> base, CArray<double> a, CArray<double> d, int64_t start, int64_t end,
-                CArray<int64_t> initial_counts, CArray<double> offset) {
+                CArray<int64_t> initial_counts, CArray<double> offset, py::object out_index,
+                py::object out_sample) {
   const int64_t S = t0.size();
   const int64_t K = initial_counts.size();
   if (S < 1 || K < 1) throw std::invalid_argument("blending: need >= 1 segment and >= 1 source");
@@ -43,8 +59,13 @@ py::tuple build(Builder builder, CArray<double> t0, CArray<double> t1, CArray<in
   check_size(offset, K, "offset");
   const chatflow::SegmentTable table{S, K, t0.data(), t1.data(), kind.data(),
                                      base.data(), a.data(), d.data()};
-  py::array_t<int16_t> dataset_index(end - start);
-  py::array_t<int64_t> dataset_sample_index(end - start);
+  // Outputs: fresh arrays, or caller-provided ones (reused buffers skip first-touch page faults).
+  py::array_t<int16_t> dataset_index = out_index.is_none()
+                                           ? py::array_t<int16_t>(end - start)
+                                           : checked_output<int16_t>(out_index, end - start);
+  py::array_t<int64_t> dataset_sample_index =
+      out_sample.is_none() ? py::array_t<int64_t>(end - start)
+                           : checked_output<int64_t>(out_sample, end - start);
   int16_t* di = dataset_index.mutable_data();
   int64_t* dsi = dataset_sample_index.mutable_data();
   const int64_t* counts = initial_counts.data();
@@ -62,24 +83,31 @@ void bind_blending(py::module_& m) {
   m.attr("BLEND_ANCHOR_EVERY") = chatflow::kAnchorEvery;
   m.attr("BLEND_WINDOW") = chatflow::kWindow;
   const char* doc =
-      "(t0, t1, kind, base, a, d, start, end, initial_counts, offset) -> (int16[end-start], "
-      "int64[end-start]); segment table as in csrc/blending.h";
+      "(t0, t1, kind, base, a, d, start, end, initial_counts, offset, out_index=None, "
+      "out_sample=None) -> (int16[end-start], int64[end-start]); segment table as in "
+      "csrc/blending.h; outputs are filled in place when given";
   m.def(
       "build_blending_exact",
       [](CArray<double> t0, CArray<double> t1, CArray<int8_t> kind, CArray<double> base,
          CArray<double> a, CArray<double> d, int64_t start, int64_t end,
-         CArray<int64_t> initial_counts, CArray<double> offset) {
+         CArray<int64_t> initial_counts, CArray<double> offset, py::object out_index,
+         py::object out_sample) {
         return build(chatflow::build_blending_exact, t0, t1, kind, base, a, d, start, end,
-                     initial_counts, offset);
+                     initial_counts, offset, out_index, out_sample);
       },
-      doc);
+      py::arg("t0"), py::arg("t1"), py::arg("kind"), py::arg("base"), py::arg("a"), py::arg("d"),
+      py::arg("start"), py::arg("end"), py::arg("initial_counts"), py::arg("offset"),
+      py::arg("out_index") = py::none(), py::arg("out_sample") = py::none(), doc);
   m.def(
       "build_blending_fast",
       [](CArray<double> t0, CArray<double> t1, CArray<int8_t> kind, CArray<double> base,
          CArray<double> a, CArray<double> d, int64_t start, int64_t end,
-         CArray<int64_t> initial_counts, CArray<double> offset) {
+         CArray<int64_t> initial_counts, CArray<double> offset, py::object out_index,
+         py::object out_sample) {
         return build(chatflow::build_blending_fast, t0, t1, kind, base, a, d, start, end,
-                     initial_counts, offset);
+                     initial_counts, offset, out_index, out_sample);
       },
-      doc);
+      py::arg("t0"), py::arg("t1"), py::arg("kind"), py::arg("base"), py::arg("a"), py::arg("d"),
+      py::arg("start"), py::arg("end"), py::arg("initial_counts"), py::arg("offset"),
+      py::arg("out_index") = py::none(), py::arg("out_sample") = py::none(), doc);
 }

@@ -17,10 +17,12 @@ namespace {
 
 constexpr double kPi = 3.141592653589793;
 constexpr double kInf = std::numeric_limits<double>::infinity();
-// The exact builder's argmax: one branch-free pass up to kScanBranchless sources, four
-// branch-free lanes up to kScanLanes, two passes beyond (see argmax_deficit). Tuned on x86-64.
+// Fast builder: bucket-sort buckets per position (a power of 2).
+constexpr int64_t kBucketsPerPosition = 2;
+// The exact builder's argmax: one branch-free pass up to kScanBranchless sources, one branchy
+// pass up to kScanDirectly, two passes beyond (see argmax_deficit). Tuned on x86-64.
 constexpr int64_t kScanBranchless = 4;
-constexpr int64_t kScanLanes = 12;
+constexpr int64_t kScanDirectly = 10;
 
 // Constants of one segment that both builders derive from (t0, t1) the same way.
 struct Segment {
@@ -71,66 +73,46 @@ struct ExactState {
 int64_t first_position(int64_t s, double t0) { return s == 0 ? 0 : static_cast<int64_t>(std::ceil(t0)); }
 
 // Argmax of v[j] = e[j] + a[j] * u (+ d[j] * P), first index on ties; the constant form is
-// exactly megatron-core's weight * t - count when e = -count.
-//
-// Branch-free in two passes: the deficits are computed into `v` (a loop the compiler vectorizes)
-// while four independent max chains run; then the first index holding the maximum is found. A
-// single-pass scan that tracks the index mispredicts a branch at every new running maximum,
-// which dominated the cost at K ~ 100.
-// One branch-free pass (conditional moves): with few sources the winner flips unpredictably.
+// exactly megatron-core's weight * t - count when e = -count. Three strategies by size, each
+// returning the first maximum exactly as a sequential `>` scan does (see kScanBranchless):
 template <int Kind>
-inline int64_t argmax_few(const double* e, const double* a, const double* d, int64_t n, double u,
-                          double p) {
-  // Conditional moves, not a branch: with few sources the winner flips unpredictably.
-  double best = -kInf;
-  int64_t best_j = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    double x = e[j] + a[j] * u;
-    if (Kind != kConstant) x = x + d[j] * p;
-    const bool better = x > best;
-    best_j = better ? j : best_j;
-    best = better ? x : best;
-  }
-  return best_j;
+inline double deficit(const double* e, const double* a, const double* d, int64_t j, double u,
+                      double p) {
+  double x = e[j] + a[j] * u;
+  if (Kind != kConstant) x = x + d[j] * p;
+  return x;
 }
 
 template <int Kind>
 inline int64_t argmax_deficit(const double* e, const double* a, const double* d, double* v,
                               int64_t n, double u, double p) {
-  if (n <= kScanLanes) {
-    // Four branch-free lanes (j mod 4) run four short conditional-move chains in parallel; the
-    // lanes' first maxima merge with ties to the smaller index, as a sequential scan would pick.
-    double b[4] = {-kInf, -kInf, -kInf, -kInf};
-    int64_t bj[4] = {0, 0, 0, 0};
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-      for (int l = 0; l < 4; ++l) {
-        double x = e[j + l] + a[j + l] * u;
-        if (Kind != kConstant) x = x + d[j + l] * p;
-        const bool better = x > b[l];
-        bj[l] = better ? j + l : bj[l];
-        b[l] = better ? x : b[l];
+  double best = -kInf;
+  int64_t best_j = 0;
+  if (n <= kScanBranchless) {
+    // Conditional moves: with very few sources the winner flips unpredictably.
+    for (int64_t j = 0; j < n; ++j) {
+      const double x = deficit<Kind>(e, a, d, j, u, p);
+      const bool better = x > best;
+      best_j = better ? j : best_j;
+      best = better ? x : best;
+    }
+    return best_j;
+  }
+  if (n <= kScanDirectly) {
+    // One branchy pass: only a few new running maxima per scan to mispredict.
+    for (int64_t j = 0; j < n; ++j) {
+      const double x = deficit<Kind>(e, a, d, j, u, p);
+      if (x > best) {
+        best = x;
+        best_j = j;
       }
     }
-    for (; j < n; ++j) {
-      double x = e[j] + a[j] * u;
-      if (Kind != kConstant) x = x + d[j] * p;
-      const bool better = x > b[0];
-      bj[0] = better ? j : bj[0];
-      b[0] = better ? x : b[0];
-    }
-    for (int l = 1; l < 4; ++l) {
-      const bool better = b[l] > b[0] || (b[l] == b[0] && bj[l] < bj[0]);
-      bj[0] = better ? bj[l] : bj[0];
-      b[0] = better ? b[l] : b[0];
-    }
-    return bj[0];
+    return best_j;
   }
-  for (int64_t j = 0; j < n; ++j) {
-    double x = e[j] + a[j] * u;
-    if (Kind != kConstant) x = x + d[j] * p;
-    v[j] = x;
-  }
+  // Two branch-free passes: deficits into v (a loop the compiler vectorizes) and four
+  // independent max chains, then the first index holding the maximum. Tracking the index in one
+  // pass mispredicts at every new running maximum, which dominated the cost at K ~ 100.
+  for (int64_t j = 0; j < n; ++j) v[j] = deficit<Kind>(e, a, d, j, u, p);
   double m0 = -kInf, m1 = -kInf, m2 = -kInf, m3 = -kInf;
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
@@ -142,7 +124,7 @@ inline int64_t argmax_deficit(const double* e, const double* a, const double* d,
   for (; j < n; ++j) m0 = v[j] > m0 ? v[j] : m0;
   m0 = m1 > m0 ? m1 : m0;
   m2 = m3 > m2 ? m3 : m2;
-  const double best = m2 > m0 ? m2 : m0;
+  best = m2 > m0 ? m2 : m0;
   j = 0;
   while (v[j] != best) ++j;  // the maximum is one of the v[j]: always found
   return j;
@@ -192,8 +174,7 @@ void run_exact(ExactState& st, const Segment& g, int64_t first_i, int64_t i, int
       }
       p = u * 0.5 - g.amp * sn;
     }
-    const int64_t j = n <= kScanBranchless ? argmax_few<Kind>(e, a, d, n, u, p)
-                                           : argmax_deficit<Kind>(e, a, d, v, n, u, p);
+    const int64_t j = argmax_deficit<Kind>(e, a, d, v, n, u, p);
     const int32_t k = id[j];
     out_index[i - start] = static_cast<int16_t>(k);
     out_sample[i - start] = count[k]++;
@@ -283,47 +264,74 @@ double invert_cosine(const Segment& g, double a, double d, double delta) {
   return u;
 }
 
-// Position where W_k first exceeds y (the release of the sample with W'_k = y + offset_k), or
-// +inf when it never does. seg is source k's segment cursor: y only grows, so it only advances.
-double release_position(const SegmentTable& t, const std::vector<Segment>& segs, int64_t k,
-                        double y, int64_t& seg) {
+// Where source k's fast-mode releases currently are: its segment and that segment's constants,
+// so the common case (the next release lies in the same segment) needs no table lookups.
+struct Cursor {
+  int64_t seg = 0;
+  int8_t shape = kConstant;  // kConstant also for linear/cosine segments where d == 0
+  bool last = false;         // last segment: runs to +inf
+  double w_end = 0.0;        // W_k at the segment's end (+inf for a last segment with weight)
+  double base = 0.0, a = 0.0, d = 0.0, t0 = 0.0, len = 0.0, slope2 = 0.0;
+};
+
+// Moves the cursor to the first segment (from its current one) where W_k ends above y; false
+// when W_k never exceeds y.
+bool locate(const SegmentTable& t, const std::vector<Segment>& segs, int64_t k, double y,
+            Cursor& c) {
   const int64_t K = t.num_sources, S = t.num_segments;
-  int64_t s = seg;
+  int64_t s = c.seg;
+  double w_end;
   for (;;) {
-    double w_end;
     if (s + 1 < S) {
       w_end = t.base[(s + 1) * K + k];
     } else {
       w_end = t.a[s * K + k] > 0.0 ? kInf : t.base[s * K + k];
     }
     if (w_end > y) break;
-    if (s + 1 >= S) return kInf;
+    if (s + 1 >= S) return false;
     ++s;
   }
-  seg = s;
   const Segment& g = segs[s];
-  const double a = t.a[s * K + k], d = t.d[s * K + k];
-  const double delta = y - t.base[s * K + k];
-  if (!(delta > 0.0)) return g.t0;
+  c.seg = s;
+  c.last = s + 1 >= S;
+  c.w_end = w_end;
+  c.base = t.base[s * K + k];
+  c.a = t.a[s * K + k];
+  c.d = t.d[s * K + k];
+  c.t0 = g.t0;
+  c.len = g.len;
+  c.shape = c.d == 0.0 ? kConstant : g.kind;
+  c.slope2 = c.shape == kLinear ? 2.0 * (c.d / g.len) : 0.0;
+  return true;
+}
+
+// Position where W_k first exceeds y (the release of the sample with W'_k = y + offset_k), or
+// +inf when it never does. y only grows per source, so the cursor only moves forward.
+inline double release_position(const SegmentTable& t, const std::vector<Segment>& segs,
+                               int64_t k, double y, Cursor& c) {
+  if (!(y < c.w_end) && !locate(t, segs, k, y, c)) return kInf;
+  const double delta = y - c.base;
+  if (!(delta > 0.0)) return c.t0;
   double u;
-  if (g.kind == kConstant || (g.kind == kLinear && d == 0.0) || (g.kind == kCosine && d == 0.0)) {
-    u = delta / a;
-  } else if (g.kind == kLinear) {
+  if (c.shape == kConstant) {
+    u = delta / c.a;
+  } else if (c.shape == kLinear) {
     // Root of (d / 2L) u^2 + a u - delta in the form that does not cancel when d < 0.
-    double q = a * a + 2.0 * (d / g.len) * delta;
+    double q = c.a * c.a + c.slope2 * delta;
     if (q < 0.0) q = 0.0;
-    const double den = a + std::sqrt(q);
+    const double den = c.a + std::sqrt(q);
     u = den > 0.0 ? 2.0 * delta / den : 0.0;
   } else {
-    u = invert_cosine(g, a, d, delta);
+    u = invert_cosine(segs[c.seg], c.a, c.d, delta);
   }
-  if (s + 1 < S) u = std::min(u, g.len);
-  return g.t0 + u;
+  if (!c.last) u = std::min(u, c.len);
+  return c.t0 + u;
 }
 
 struct Release {
   double r;
-  int64_t k;
+  int32_t k;  // source
+  int32_t b;  // bucket within the window
 };
 
 inline bool release_less(const Release& x, const Release& y) {
@@ -339,7 +347,9 @@ void build_blending_fast(const SegmentTable& t, int64_t start, int64_t end,
   const int64_t n = end - start;
   const double x0 = static_cast<double>(start);
   const std::vector<Segment> segs = make_segments(t);
-  std::vector<int64_t> next_j(initial_counts, initial_counts + K), seg(K, 0);
+  std::vector<int64_t> next_j(initial_counts, initial_counts + K);
+  std::vector<Cursor> cursor(K);
+  for (int64_t k = 0; k < K; ++k) locate(t, segs, k, -kInf, cursor[k]);
   // Samples of one source leave in the order they were released, so the emitted sample index is
   // a per-source counter (ties of equal (r, k) cannot reorder them).
   std::vector<int64_t> emitted(initial_counts, initial_counts + K);
@@ -347,24 +357,37 @@ void build_blending_fast(const SegmentTable& t, int64_t start, int64_t end,
   auto advance = [&](int64_t k, double prev) {
     const double y = static_cast<double>(next_j[k]) - offset[k];
     // Running max: rounding must never order a source's own samples backwards.
-    next_r[k] = std::max(prev, release_position(t, segs, k, y, seg[k]));
+    next_r[k] = std::max(prev, release_position(t, segs, k, y, cursor[k]));
   };
   // Releases before `start` keep their true positions (not clamped), so a resumed build orders
   // overdue samples exactly as the uninterrupted build would.
   for (int64_t k = 0; k < K; ++k) advance(k, -kInf);
 
+  // Window width: a few times K so the per-window scan over sources stays cheap, and small
+  // enough (>= kWindow) that the bucket counters stay in cache. kBucketsPerPosition buckets per
+  // position make two releases rarely share a bucket, so the final insertion pass rarely moves
+  // anything and its branch predicts well.
+  int64_t width = kWindow;
+  while (width < 4 * K) width *= 2;
+  const int64_t num_buckets = width * kBucketsPerPosition;
+  const double scale = static_cast<double>(kBucketsPerPosition);  // power of 2: exact, monotone
   std::vector<Release> items, sorted;
-  std::vector<int64_t> bucket_start(kWindow + 1), fill(kWindow);
+  std::vector<int32_t> bucket_start(num_buckets + 1);
   int64_t out = 0;
   double lo = x0;
   while (out < n) {
-    const double hi = lo + static_cast<double>(kWindow);
+    const double hi = lo + static_cast<double>(width);
     items.clear();
+    std::fill(bucket_start.begin(), bucket_start.end(), 0);
     for (int64_t k = 0; k < K; ++k) {
       while (next_r[k] < hi) {
-        items.push_back({next_r[k], k});
+        // Overdue releases (r < lo, only in a resumed build) share the first bucket.
+        const double r = next_r[k];
+        const int32_t b = r > lo ? static_cast<int32_t>((r - lo) * scale) : 0;
+        items.push_back({r, static_cast<int32_t>(k), b});
+        ++bucket_start[b + 1];
         ++next_j[k];
-        advance(k, next_r[k]);
+        advance(k, r);
       }
     }
     if (items.empty()) {
@@ -374,26 +397,26 @@ void build_blending_fast(const SegmentTable& t, int64_t start, int64_t end,
       lo = hi;
       continue;
     }
-    // Counting sort on floor(r - lo), then (r, k) order inside each bucket (usually 1 item).
-    std::fill(bucket_start.begin(), bucket_start.end(), 0);
-    auto bucket = [&](double r) {
-      const int64_t b = static_cast<int64_t>(r - lo);
-      return std::min<int64_t>(std::max<int64_t>(b, 0), kWindow - 1);
-    };
-    for (const Release& it : items) ++bucket_start[bucket(it.r) + 1];
-    for (int64_t b = 0; b < kWindow; ++b) bucket_start[b + 1] += bucket_start[b];
+    // Counting sort on the bucket (monotone in r), then one insertion pass for (r, k) order
+    // inside buckets.
+    for (int64_t b = 0; b < num_buckets; ++b) bucket_start[b + 1] += bucket_start[b];
     sorted.resize(items.size());
-    std::copy(bucket_start.begin(), bucket_start.end() - 1, fill.begin());
-    for (const Release& it : items) sorted[fill[bucket(it.r)]++] = it;
-    for (int64_t b = 0; b < kWindow; ++b) {
-      const int64_t b0 = bucket_start[b], b1 = bucket_start[b + 1];
-      if (b1 - b0 > 1) std::sort(sorted.begin() + b0, sorted.begin() + b1, release_less);
+    for (const Release& it : items) sorted[bucket_start[it.b]++] = it;
+    const int64_t m = static_cast<int64_t>(sorted.size());
+    for (int64_t i = 1; i < m; ++i) {
+      if (!release_less(sorted[i], sorted[i - 1])) continue;
+      const Release x = sorted[i];
+      int64_t j = i;
+      do {
+        sorted[j] = sorted[j - 1];
+        --j;
+      } while (j > 0 && release_less(x, sorted[j - 1]));
+      sorted[j] = x;
     }
-    for (const Release& it : sorted) {
-      if (out >= n) break;
-      dataset_index[out] = static_cast<int16_t>(it.k);
-      dataset_sample_index[out] = emitted[it.k]++;
-      ++out;
+    for (int64_t i = 0; i < m && out < n; ++i, ++out) {
+      const int32_t k = sorted[i].k;
+      dataset_index[out] = static_cast<int16_t>(k);
+      dataset_sample_index[out] = emitted[k]++;
     }
     lo = hi;
   }

@@ -22,8 +22,8 @@
 // Fast mode: sample j of source k is released at r = inf{x : W'_k(x) > j}; positions
 // take the releases in increasing (r, k) order. Releases are generated per source by inverting W_k
 // (closed form for constant and linear segments, safeguarded Newton for cosine) and ordered with a
-// bucket sort over windows of kWindow positions: O(N + K * N / kWindow) plus tiny in-bucket sorts,
-// O(K + kWindow) extra memory.
+// bucket sort over windows of max(kWindow, ~4K) positions: O(N) plus tiny in-bucket sorts, O(K)
+// extra memory.
 //
 // Both modes keep, for every prefix of n positions, count_k(n) <= W'_k(n) + 1 and, when the
 // offsets sum to zero, W'_k(n) - count_k(n) <= K - 1 (see README and tests/test_blending.py).
@@ -35,8 +35,8 @@ namespace chatflow {
 
 // Positions between direct sin/cos evaluations in cosine segments of the exact builder.
 constexpr int64_t kAnchorEvery = 1024;
-// Positions per bucket-sort window of the fast builder.
-constexpr int64_t kWindow = 1 << 16;
+// Minimum positions per bucket-sort window of the fast builder (grows to >= 4K).
+constexpr int64_t kWindow = 1 << 12;
 
 enum SegmentKind : int8_t { kConstant = 0, kLinear = 1, kCosine = 2 };
 

@@ -3,8 +3,10 @@
 # (Chinese text, English text, zh-en parallel pairs, instructions) into Megatron token shards.
 #
 # Usage: bash examples/demo_data.sh [OUT_DIR]      (default: demo_out; uses `python` from PATH)
-# Outputs: OUT_DIR/tokenizer/chatflow_demo.model and OUT_DIR/shards/{zh,en}_text_document,
-#          zh_en_parallel_document, sft_instruction_document (+ _loss_mask), each .bin/.idx.
+# Outputs: OUT_DIR/tokenizer/chatflow_demo.model and, in OUT_DIR/shards/ (output prefix = corpus
+#          file name, so names are <corpus>_<key or format>_document, as in
+#          examples/chatflow_schedule_demo.yaml): zh_text_text_document, en_text_text_document,
+#          parallel_parallel_document, instruct_instruction_document (+ _loss_mask), each .bin/.idx.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,11 +30,12 @@ run() {  # run <title> <args...>
   shift
   python "$ROOT/tools/preprocess_data.py" --tokenizer-model "$TOK" --workers "$WORKERS" "$@"
 }
-run "2/5 Chinese text"   --input "$DATA/zh_text.jsonl"  --output-prefix "$OUT/shards/zh" --append-eod
-run "3/5 English text"   --input "$DATA/en_text.jsonl"  --output-prefix "$OUT/shards/en" --append-eod
-run "4/5 parallel pairs" --input "$DATA/parallel.jsonl" --output-prefix "$OUT/shards/zh_en" \
+S="$OUT/shards"
+run "2/5 Chinese text"   --input "$DATA/zh_text.jsonl"  --output-prefix "$S/zh_text" --append-eod
+run "3/5 English text"   --input "$DATA/en_text.jsonl"  --output-prefix "$S/en_text" --append-eod
+run "4/5 parallel pairs" --input "$DATA/parallel.jsonl" --output-prefix "$S/parallel" \
   --format parallel --append-eod
-run "5/5 instructions"   --input "$DATA/instruct.jsonl" --output-prefix "$OUT/shards/sft" \
+run "5/5 instructions"   --input "$DATA/instruct.jsonl" --output-prefix "$S/instruct" \
   --format instruction
 
 echo

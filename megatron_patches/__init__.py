@@ -86,6 +86,12 @@ def apply(cuda_available: Optional[bool] = None) -> List[str]:
     return names
 
 
+def cpu_mode() -> bool:
+    """True when the CPU patches are active: megatron-core runs on the CPU even if CUDA exists
+    (``apply(cuda_available=False)`` on a GPU machine forces that, e.g. for CPU tests)."""
+    return _module("device_redirect").is_applied()
+
+
 def revert() -> None:
     """Undoes every applied patch (for tests; training processes never need it)."""
     for name in reversed(CPU_PATCHES + TORCH_ADAM_PATCHES):

@@ -82,8 +82,11 @@ def ref_build_exact(table, start: int, end: int, initial_counts, offset, anchor_
                     sin_state = (anchor, math.sin(theta), math.cos(theta))
                     while sin_state[0] < i - 1:
                         q, sn0, cs0 = sin_state
-                        sin_state = (q + 1, sn0 * g.cos_step + cs0 * g.sin_step,
-                                     cs0 * g.cos_step - sn0 * g.sin_step)
+                        sin_state = (
+                            q + 1,
+                            sn0 * g.cos_step + cs0 * g.sin_step,
+                            cs0 * g.cos_step - sn0 * g.sin_step,
+                        )
                 _, sn0, cs0 = sin_state
                 sn, cs = sn0 * g.cos_step + cs0 * g.sin_step, cs0 * g.cos_step - sn0 * g.sin_step
             sin_state = (i, sn, cs)

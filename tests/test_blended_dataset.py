@@ -134,7 +134,7 @@ def test_cache_reuse_and_invalidation(shards, tmp_path):
     assert any(e.startswith("blend-") for e in set(os.listdir(cache_dir)) - before)
 
 
-def test_validation_datasets(shards):
+def test_validation_datasets(shards, tmp_path):
     sched = Schedule.from_data_path(["0.5", shards["en"], "0.5", shards["zh"]])
     cfg = BlendedDatasetConfig(seq_length=4, num_samples=50, valid_fraction=0.2, seed=3)
     ds = DynamicBlendedDataset(cfg, sched)
@@ -146,6 +146,10 @@ def test_validation_datasets(shards):
         assert held_out and not held_out & set(ds.sources[k].document_index.tolist())
     valid2 = ds.validation_datasets(num_samples=7)
     assert len(valid2["zh"]) == 7
+    # A shard too small to hold out anything gets no validation set, and a warning.
+    one = make_shards(tmp_path, {"one_doc": [30]})["one_doc"]
+    tiny = Schedule.from_data_path(["0.5", shards["en"], "0.5", one])
+    assert set(DynamicBlendedDataset(cfg, tiny).validation_datasets()) == {"en"}
     no_valid = DynamicBlendedDataset(BlendedDatasetConfig(seq_length=4, num_samples=50), sched)
     with pytest.raises(ValueError, match="valid_fraction"):
         no_valid.validation_datasets()

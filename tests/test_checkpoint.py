@@ -8,11 +8,13 @@ resumed run must reproduce its losses bit for bit; in another layout to fp32 rou
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
-
+import yaml
 from _trainer_helpers import run_phases, torchrun, train_losses, trainer_argv, write_corpus
+
 from chatflow.checkpointing import TRACKER_FILE, complete_checkpoints, read_tracker
 
 pytestmark = pytest.mark.slow
@@ -36,6 +38,11 @@ def runs(tmp_path_factory):
     schedule = write_corpus(str(root / "data"))
     d = lambda name: str(root / name)  # noqa: E731
     crash = trainer_argv(schedule, d("crash"), *CRASH_ARGS)
+    changed = os.path.join(os.path.dirname(schedule), "changed.yaml")
+    with open(schedule) as fh, open(changed, "w") as out:
+        doc = yaml.safe_load(fh)
+        doc["knots"] = [{"at": 0, "weights": {"en": 0.1, "zh": 0.1, "instruct": 0.8}}]
+        yaml.safe_dump(doc, out)
     # Killed mid-save of iteration 4 (shards written, not yet renamed) ...
     _, out1 = torchrun(crash, env={"CHATFLOW_FAULT_INJECT": "kill_in_save:4"})
     after_save_kill = (read_tracker(d("crash")), complete_checkpoints(d("crash")),
@@ -44,6 +51,9 @@ def runs(tmp_path_factory):
     _, out2 = torchrun(crash, env={"CHATFLOW_FAULT_INJECT": "kill_at_iter:5"})
     after_train_kill = (read_tracker(d("crash")), complete_checkpoints(d("crash")),
                         os.path.isdir(os.path.join(d("crash"), "iter_0000004.tmp")))  # fmt: skip
+    # A preemption notice: SIGTERM to rank 0 at step 3 of 6; the job saves 3 and exits cleanly.
+    term = trainer_argv(schedule, d("term"), "--exit-signal-handler", "--save-interval", "0")
+    term_code, term_out = torchrun(term, env={"CHATFLOW_FAULT_INJECT": "sigterm_at_iter:3"})
     phases = [
         # 0: the oracle, 6 uninterrupted steps (DP=2).
         trainer_argv(schedule, d("full"), *COMMON),
@@ -61,11 +71,14 @@ def runs(tmp_path_factory):
                      "--exit-interval", "1"),
         # 6: the crashed run, resumed to the end.
         crash,
+        # 7: iteration 3 resumed with a CHANGED schedule (instruction-heavy from sample 24 on).
+        trainer_argv(changed, d("changed"), *COMMON, "--load", d("part")),
     ]  # fmt: skip
     records = run_phases(phases, str(root / "phases.json"))
     return {
         "root": root, "records": records, "crash_outputs": (out1, out2),
         "after_save_kill": after_save_kill, "after_train_kill": after_train_kill,
+        "term": (term_code, term_out),
     }  # fmt: skip
 
 
@@ -80,7 +93,8 @@ def test_resume_is_bit_identical_to_uninterrupted(runs):
     # The resumed run's metrics file holds only its own steps; lr/grad norm continue too.
     full_rec = {r["iteration"]: r for r in runs["records"][0] if r["kind"] == "train"}
     res_rec = {r["iteration"]: r for r in runs["records"][2] if r["kind"] == "train"}
-    assert res_rec[4]["lr"] == full_rec[4]["lr"] and res_rec[4]["grad_norm"] == full_rec[4]["grad_norm"]
+    for key in ("lr", "grad_norm"):
+        assert res_rec[4][key] == full_rec[4][key], key
     assert res_rec[6]["realized_mix"] == full_rec[6]["realized_mix"]
 
 
@@ -127,3 +141,42 @@ def test_sigkill_in_training_and_mid_save_resume_from_last_complete(runs):
     # The metrics file holds one continuous curve: the crashed runs' later records were dropped.
     got = train_losses(os.path.join(save, "metrics.jsonl"))
     assert got == full, f"crashed-and-resumed losses {got} != uninterrupted {full}"
+
+
+def test_tracker_errors_name_the_file(tmp_path):
+    assert read_tracker(str(tmp_path)) is None and complete_checkpoints(str(tmp_path)) == []
+    (tmp_path / TRACKER_FILE).write_text("release\n")
+    with pytest.raises(ValueError, match=f"{TRACKER_FILE}.*'release'"):
+        read_tracker(str(tmp_path))
+    (tmp_path / TRACKER_FILE).write_text("12\n")
+    with pytest.raises(FileNotFoundError, match="iter_0000012/ is missing"):
+        read_tracker(str(tmp_path))
+    for name in ("iter_0000012", "iter_0000004", "iter_0000020.tmp", "notes"):
+        (tmp_path / name).mkdir()
+    assert read_tracker(str(tmp_path)) == 12
+    assert complete_checkpoints(str(tmp_path)) == [4, 12]  # .tmp and others are never loaded
+
+
+def test_resume_with_changed_schedule(runs):
+    """The checkpoint's data state lets a run resume under a new schedule: the first three steps
+    keep the old mix, the new steps follow the new one (no sample repeats: tests of issue 3)."""
+    full = {r["iteration"]: r for r in runs["records"][0] if r["kind"] == "train"}
+    changed = {r["iteration"]: r for r in runs["records"][7] if r["kind"] == "train"}
+    assert sorted(changed) == [4, 5, 6]
+    for i in (4, 5, 6):
+        assert changed[i]["scheduled_mix"]["instruct"] == pytest.approx(0.8)
+        assert full[i]["scheduled_mix"]["instruct"] < 0.5
+    realized = sum(changed[i]["realized_mix"]["instruct"] for i in (4, 5, 6)) / 3
+    assert realized > 0.6
+    data_state = os.path.join(runs["root"], "part", "iter_0000003", "data_state.json")
+    with open(data_state) as fh:
+        assert json.load(fh)["consumed_samples"] == 24
+
+
+def test_sigterm_saves_and_exits_cleanly(runs):
+    code, out = runs["term"]
+    save = os.path.join(runs["root"], "term")
+    assert code == 0, out[-3000:]
+    assert "SIGTERM received: saving iteration 3" in out
+    assert complete_checkpoints(save) == [3] and read_tracker(save) == 3
+    assert sorted(train_losses(os.path.join(save, "metrics.jsonl"))) == [1, 2, 3]

@@ -71,7 +71,8 @@ def test_vocab_size_is_read_from_the_tokenizer(shard):
     job = parse_config(
         ["--model-preset", "tiny", "--tokenizer-model", path, "--data-path", shard], world_size=1
     )
-    assert job.model.vocab_size == sentencepiece.SentencePieceProcessor(model_file=path).vocab_size()
+    expected = sentencepiece.SentencePieceProcessor(model_file=path).vocab_size()
+    assert job.model.vocab_size == expected
 
 
 def test_config_file_then_command_line_overrides(shard, tmp_path):

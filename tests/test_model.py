@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import pytest
 import torch
@@ -140,8 +141,7 @@ def test_transformer_config_translation():
     assert tc.num_query_groups == 2 and tc.kv_channels == 32
     assert tc.ffn_hidden_size == tiny.ffn_hidden_size and tc.num_layers == tiny.num_layers
     assert tc.calculate_per_token_loss and tc.params_dtype == torch.float32
-    cpu_only = not torch.cuda.is_available()
-    assert tc.use_cpu_initialization == cpu_only
+    assert tc.use_cpu_initialization == (not torch.cuda.is_available())
     for fusion in (
         "bias_activation_fusion",
         "masked_softmax_fusion",
@@ -185,7 +185,7 @@ def single_process():
     import megatron_patches
     from chatflow import parallel
 
-    megatron_patches.apply()
+    megatron_patches.apply(cuda_available=False)
     try:
         yield parallel.initialize(ParallelConfig(), seed=3)
     finally:
@@ -204,7 +204,16 @@ def test_built_model_matches_analytic_count(single_process):
     assert chunk.embedding.word_embeddings.weight is not chunk.output_layer.weight
 
 
-def test_full_recompute_gives_same_gradients(single_process):
+@pytest.mark.parametrize(
+    "recompute",
+    [
+        dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
+        dict(recompute_granularity="full", recompute_method="block", recompute_num_layers=1),
+        dict(recompute_granularity="selective"),
+    ],
+    ids=["full-uniform", "full-block", "selective"],
+)
+def test_recompute_gives_same_gradients(single_process, recompute):
     """Recomputation replays RNG states through the patched tracker: same loss and grads."""
     from chatflow.model import build_model_chunks
 
@@ -213,17 +222,14 @@ def test_full_recompute_gives_same_gradients(single_process):
     tokens = torch.randint(0, 1000, (2, 16), generator=g)
     position_ids = torch.arange(16).expand(2, 16)
     grads = []
-    for recompute in (None, "full"):
+    for settings in ({}, recompute):
         torch.manual_seed(5)
-        extra = dict(recompute_method="uniform", recompute_num_layers=1) if recompute else {}
-        (chunk,) = build_model_chunks(
-            cfg.replace(recompute_granularity=recompute, **extra), ParallelConfig(), wrap_ddp=False
-        )
+        (chunk,) = build_model_chunks(cfg.replace(**settings), ParallelConfig(), wrap_ddp=False)
         loss = chunk(tokens, position_ids, None, labels=tokens).sum()
         loss.backward()
         grads.append((loss.item(), [p.grad.clone() for p in chunk.parameters()]))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
-    for a, b in zip(grads[0][1], grads[1][1]):
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -265,7 +271,9 @@ def test_transformer_engine_spec_on_gpu():
     if not transformer_engine_available():
         pytest.skip("TransformerEngine not importable")
     tc = transformer_config(ModelConfig.from_preset("tiny", 1000), ParallelConfig())
-    assert tc.apply_rope_fusion and tc.gradient_accumulation_fusion and tc.masked_softmax_fusion
+    assert tc.apply_rope_fusion and tc.masked_softmax_fusion and tc.bias_activation_fusion
+    has_apex_ext = importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None
+    assert tc.gradient_accumulation_fusion == has_apex_ext
     assert not tc.use_cpu_initialization
     spec = layer_spec(use_te=True)
     qkv = spec.submodules.self_attention.submodules.linear_qkv
@@ -275,9 +283,9 @@ def test_transformer_engine_spec_on_gpu():
 def test_bad_micro_batches_are_rejected_naming_the_field():
     from chatflow.engine import check_batch
 
+    ids = torch.zeros(2, 8, dtype=torch.long)
     good = {
-        "tokens": torch.zeros(2, 8, dtype=torch.long), "labels": torch.zeros(2, 8, dtype=torch.long),
-        "loss_mask": torch.ones(2, 8), "position_ids": torch.zeros(2, 8, dtype=torch.long),
+        "tokens": ids, "labels": ids, "loss_mask": torch.ones(2, 8), "position_ids": ids,
         "source_id": torch.tensor([0, 2]),
     }  # fmt: skip
     check_batch(good, 2, 8, 3)
@@ -287,3 +295,30 @@ def test_bad_micro_batches_are_rejected_naming_the_field():
         check_batch({**good, "labels": torch.zeros(2, 7, dtype=torch.long)}, 2, 8, 3)
     with pytest.raises(ValueError, match="^source_id: values must lie in"):
         check_batch(good, 2, 8, 2)
+
+
+def test_lr_schedule_warmup_then_cosine_in_samples():
+    """megatron-core's scheduler as configured: linear warmup from 0, cosine to min_lr."""
+    import math
+
+    from chatflow.engine import build_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    optim = OptimizerConfig(lr=1e-3, min_lr=1e-4, lr_warmup_samples=100, lr_decay_samples=1100)
+    scheduler = build_scheduler(optimizer, optim, train_samples=5000)
+
+    def lr_at(samples):
+        scheduler.num_steps = 0
+        scheduler.step(increment=samples)
+        return optimizer.param_groups[0]["lr"]
+
+    assert lr_at(0) == 0.0
+    assert lr_at(50) == pytest.approx(0.5e-3)
+    assert lr_at(100) == pytest.approx(1e-3)
+    for samples in (350, 600, 850):
+        progress = (samples - 100) / 1000
+        expected = 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * progress))
+        assert lr_at(samples) == pytest.approx(expected)
+    assert lr_at(1100) == pytest.approx(1e-4) and lr_at(4000) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="^train_samples:"):
+        build_scheduler(optimizer, optim, train_samples=50)

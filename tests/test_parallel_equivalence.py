@@ -1,4 +1,5 @@
-"""TP=2, PP=2, PP=2 x VPP=2 and DP=2 + distributed optimizer reproduce a single-process run.
+"""TP=2, PP=2, PP=2 x VPP=2 and DP=2 + distributed optimizer (plain, overlapped, resumed from
+a checkpoint) reproduce a single-process run.
 
 The oracle is megatron-core itself in one process (TP=PP=DP=1). It saves its initial weights with
 dist_checkpointing; every 2-process layout loads them (resharding on load), trains the same
@@ -30,6 +31,10 @@ LAYOUTS = {
     "pp2": dict(pipeline_model_parallel_size=2),
     "pp2_vpp2": dict(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2),
     "dp2_distopt": dict(use_distributed_optimizer=True),
+    # the GPU-oriented overlapped gradient reduce-scatter / parameter all-gather, on gloo
+    "dp2_distopt_overlap": dict(
+        use_distributed_optimizer=True, overlap_grad_reduce=True, overlap_param_gather=True
+    ),
 }
 # DP=2 + distributed optimizer again, but saved after step 1 and continued in a fresh model and
 # optimizer loaded from that checkpoint (optimizer state sharded over the 2 ranks).
@@ -176,7 +181,7 @@ def _worker(rank: int, world_size: int, port: int, init_dir: str, out_dir: str) 
     torch.set_num_threads(1)
     import megatron_patches
 
-    megatron_patches.apply()
+    megatron_patches.apply(cuda_available=False)  # CPU + gloo, also on GPU machines
     results = {name: _train(layout, Path(init_dir), save=False) for name, layout in LAYOUTS.items()}
     resume_dir = Path(out_dir, "resume")
     resume_dir.mkdir(exist_ok=True)
@@ -201,7 +206,7 @@ def runs(tmp_path_factory):
     init_dir, out_dir = tmp / "init", tmp / "out"
     init_dir.mkdir()
     out_dir.mkdir()
-    megatron_patches.apply()
+    megatron_patches.apply(cuda_available=False)  # CPU + gloo, also on GPU machines
     try:
         reference = _train({}, init_dir, save=True)
     finally:
@@ -218,7 +223,7 @@ def test_layout_matches_single_process(runs, layout):
     for rank in range(2):
         got = ranks[rank][layout]
         assert len(got) == len(reference) == STEPS + 1
-        for step, (want, have) in enumerate(zip(reference, got)):
+        for step, (want, have) in enumerate(zip(reference, got, strict=True)):
             where = f"{layout} rank {rank} step {step}"
             assert have["num_tokens"] == want["num_tokens"], where
             assert have["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-5), where

@@ -23,16 +23,18 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on training or CI nodes
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from chatflow.data.blending import blending_counts, build_blending_indices  # noqa: E402
-from chatflow.data.schedule import Schedule  # noqa: E402
+from chatflow.data.blending import blending_counts, build_blending_indices
+from chatflow.data.schedule import Schedule
 
 
-def realized_mix(dataset_index: np.ndarray, num_sources: int, bins: int) -> tuple[np.ndarray, np.ndarray]:
+def realized_mix(
+    dataset_index: np.ndarray, num_sources: int, bins: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-bin share of each source: (bin centers float64[B], shares float64[B, K])."""
     n = len(dataset_index)
     edges = np.linspace(0, n, bins + 1).round().astype(np.int64)
@@ -44,7 +46,9 @@ def realized_mix(dataset_index: np.ndarray, num_sources: int, bins: int) -> tupl
     return (edges[:-1] + edges[1:]) / 2.0, shares
 
 
-def plot(schedule: Schedule, num_samples: int, output: str, bins: int = 100, exact: bool = True) -> np.ndarray:
+def plot(
+    schedule: Schedule, num_samples: int, output: str, bins: int = 100, exact: bool = True
+) -> np.ndarray:
     """Write the PNG atomically; returns the realized per-source counts over the whole run."""
     di, _ = build_blending_indices(schedule, num_samples, exact=exact)
     centers, shares = realized_mix(di, schedule.num_sources, bins)
@@ -53,8 +57,15 @@ def plot(schedule: Schedule, num_samples: int, output: str, bins: int = 100, exa
     fig, ax = plt.subplots(figsize=(9.5, 4.5), dpi=120)
     for k, name in enumerate(schedule.names):
         (line,) = ax.plot(x, target[:, k], lw=2, label=f"{name} target")
-        ax.plot(centers, shares[:, k], "o", ms=3, color=line.get_color(), alpha=0.6,
-                label=f"{name} realized")
+        ax.plot(
+            centers,
+            shares[:, k],
+            "o",
+            ms=3,
+            color=line.get_color(),
+            alpha=0.6,
+            label=f"{name} realized",
+        )
     for t in schedule.knot_positions(num_samples):
         if 0 < t < num_samples:
             ax.axvline(t, color="gray", ls=":", lw=1)
@@ -86,13 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("schedule", help="schedule YAML file")
     p.add_argument("--num-samples", type=float, required=True, help="samples in the run")
     p.add_argument("--output", default="schedule.png", help="PNG to write")
-    p.add_argument("--bins", type=int, default=100, help="bins of the realized mix")
+    p.add_argument(
+        "--bins",
+        type=int,
+        default=None,
+        help="bins of the realized mix (default: 100, fewer for short runs: >= 64 samples per bin)",
+    )
     p.add_argument("--fast", action="store_true", help="fast blending mode instead of exact")
     p.add_argument("--data-root", default=None, help="override the YAML's data_root")
     args = p.parse_args(argv)
     schedule = Schedule.from_yaml(args.schedule, data_root=args.data_root)
     n = int(args.num_samples)
-    counts = plot(schedule, n, args.output, bins=args.bins, exact=not args.fast)
+    bins = args.bins or max(1, min(100, n // 64))
+    counts = plot(schedule, n, args.output, bins=bins, exact=not args.fast)
     print(f"wrote {args.output}  ({n:,} samples)")
     for name, c in zip(schedule.names, counts):
         print(f"  {name:<16} {c:>14,}  {c / max(n, 1):7.2%}")

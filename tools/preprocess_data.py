@@ -64,10 +64,12 @@ def _unescape(s: str) -> str:
     return s.replace("\\n", "\n").replace("\\t", "\t")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the module docstring's layout and show every default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     g = p.add_argument_group("input/output")
     g.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files or globs")
     g.add_argument("--output-prefix", required=True)
@@ -90,9 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1234, help="seed of the parallel direction choice")
     g = p.add_argument_group("templates (\\n and \\t are unescaped)")
     d = ParallelTemplate()
-    g.add_argument("--parallel-template-zh-en", default=d.zh_to_en)
-    g.add_argument("--parallel-template-en-zh", default=d.en_to_zh)
-    g.add_argument("--parallel-zh-en-probability", type=float, default=d.zh_to_en_probability)
+    g.add_argument(
+        "--parallel-template-zh-en", default=d.zh_to_en, help="zh->en text, with {zh} and {en}"
+    )
+    g.add_argument(
+        "--parallel-template-en-zh", default=d.en_to_zh, help="en->zh text, with {zh} and {en}"
+    )
+    g.add_argument(
+        "--parallel-zh-en-probability",
+        type=float,
+        default=d.zh_to_en_probability,
+        help="share of pairs rendered zh->en",
+    )
     i = InstructionTemplate()
     g.add_argument(
         "--instruction-template", default=i.prompt, help="human turn, with {instruction}"

@@ -25,7 +25,8 @@ class CheckpointConfig:
     """Checkpoint directory (also receives metrics.jsonl); None disables saving."""
 
     load: Optional[str] = flag("--load", None)
-    """Checkpoint directory to resume from; if unset, resume from ``save`` when it has one."""
+    """Checkpoint directory to start from while ``save`` holds none (``save`` wins once it has
+    one, so a restarted job resumes itself)."""
 
     save_interval: int = flag("--save-interval", 0)
     """Save every this many iterations; the final iteration is always saved when --save is set."""
@@ -34,10 +35,11 @@ class CheckpointConfig:
     """How many complete checkpoints to keep; older ones are deleted after a successful save."""
 
     finetune: bool = flag("--finetune", False)
-    """Start a new run from --load's weights (e.g. a converted LLaMA2 checkpoint)."""
+    """Start a new run from --load's weights only: iteration, optimizer, LR schedule and data
+    restart (e.g. from a converted LLaMA2 checkpoint)."""
 
     no_load_optim: bool = flag("--no-load-optim", False)
-    """Skip optimizer and LR-scheduler state when resuming."""
+    """Resume with fresh Adam moments (the LR schedule continues at the consumed samples)."""
 
     no_load_rng: bool = flag("--no-load-rng", False)
     """Skip python/numpy/torch and model-parallel RNG states when resuming."""
@@ -61,8 +63,3 @@ class CheckpointConfig:
             raise ValueError("--finetune needs --load (the weights to start from)")
         if self.save_interval and self.save is None:
             raise ValueError("--save-interval is set but --save (the directory) is not")
-
-    @property
-    def load_dir(self) -> Optional[str]:
-        """Directory to resume from: --load, else --save (which may hold no checkpoint yet)."""
-        return self.load if self.load is not None else self.save

@@ -18,9 +18,18 @@ import dataclasses
 import os
 import types
 import typing
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
+
+if TYPE_CHECKING:  # the sections import lazily at run time (see _section_classes)
+    from chatflow.config.checkpoint import CheckpointConfig
+    from chatflow.config.data import DataConfig
+    from chatflow.config.logging import LoggingConfig
+    from chatflow.config.model import ModelConfig
+    from chatflow.config.optim import OptimizerConfig
+    from chatflow.config.parallel import ParallelConfig
+    from chatflow.config.train import TrainConfig
 
 
 def _section_classes() -> Dict[str, type]:
@@ -205,20 +214,20 @@ def _build_model(cls: type, preset: Optional[str], values: Dict[str, Any], data:
 class JobConfig:
     """All sections of one training job."""
 
-    model: Any
-    """ModelConfig: architecture (preset) of the LLaMA model."""
-    parallel: Any
-    """ParallelConfig: TP/PP/VPP/DP layout and precision-related parallel options."""
-    optim: Any
-    """OptimConfig: Adam, LR schedule, clipping."""
-    train: Any
-    """TrainConfig: batch sizes, run length, seed, evaluation cadence."""
-    data: Any
-    """DataConfig: schedule/shards, tokenizer, sequence length."""
-    checkpoint: Any
-    """CheckpointConfig: save/load."""
-    logging: Any
-    """LoggingConfig: console, metrics file, wandb."""
+    model: "ModelConfig"
+    """Architecture (preset) of the LLaMA model."""
+    parallel: "ParallelConfig"
+    """TP/PP/VPP/DP layout and distributed-optimizer options."""
+    optim: "OptimizerConfig"
+    """Adam, LR schedule, clipping, bf16."""
+    train: "TrainConfig"
+    """Batch sizes, run length, seed, evaluation cadence."""
+    data: "DataConfig"
+    """Schedule or shards, tokenizer, validation split."""
+    checkpoint: "CheckpointConfig"
+    """Save, load, keep-last-K."""
+    logging: "LoggingConfig"
+    """Console, metrics file, wandb."""
 
     def validate(self, world_size: int) -> None:
         """Cross-section checks that need the world size; raise ConfigError with the flags."""
@@ -231,9 +240,6 @@ class JobConfig:
             self.train.num_microbatches(self.parallel.data_parallel_size(world_size))
         except ValueError as e:
             raise ConfigError(str(e)) from e
-        if self.checkpoint.finetune and self.checkpoint.load == self.checkpoint.save:
-            raise ConfigError("--finetune with --load equal to --save would restart from the "
-                              "fine-tuned run's own weights on every resume; use another --save")
 
     def to_dict(self) -> Dict[str, Dict[str, Any]]:
         """Plain nested dict (for metrics headers, wandb config and config.yaml dumps)."""

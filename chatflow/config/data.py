@@ -10,7 +10,7 @@ from chatflow.config._fields import documented, flag
 
 
 def missing_shard_files(prefix: str) -> List[str]:
-    """Return the files of the Megatron shard ``prefix`` (``.bin`` and ``.idx``) that do not exist."""
+    """The files of the Megatron shard ``prefix`` (``.bin`` and ``.idx``) that do not exist."""
     return [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
 
 
@@ -27,6 +27,10 @@ class DataConfig:
 
     data_schedule: Optional[str] = flag("--data-schedule", None)
     """Path of the schedule YAML (see examples/chatflow_schedule.yaml)."""
+
+    data_root: Optional[str] = flag("--data-root", None)
+    """Directory the schedule's relative shard prefixes resolve against (default: the YAML's
+    ``data_root``, else the YAML file's directory)."""
 
     data_path: Optional[List[str]] = flag("--data-path", None)
     """Constant blend in Megatron's format, used when no schedule file is given."""
@@ -64,7 +68,9 @@ class DataConfig:
         except ValueError:
             raise ValueError(f"data.split must be comma-separated numbers, got {self.split!r}")
         if len(shares) not in (1, 2, 3) or any(s < 0 for s in shares) or shares[0] <= 0:
-            raise ValueError(f"--split must be like '98,2' with a positive train share: {self.split!r}")
+            raise ValueError(
+                f"--split must be like '98,2' with a positive train share: {self.split!r}"
+            )
         if self.tokenizer_model is not None and not os.path.isfile(self.tokenizer_model):
             raise FileNotFoundError(f"--tokenizer-model: file not found: {self.tokenizer_model}")
         if self.data_schedule is not None and not os.path.isfile(self.data_schedule):
@@ -82,7 +88,7 @@ class DataConfig:
         from chatflow.data.schedule import Schedule  # lazy: keeps `import chatflow.config` cheap
 
         if self.data_schedule is not None:
-            return Schedule.from_yaml(self.data_schedule)
+            return Schedule.from_yaml(self.data_schedule, data_root=self.data_root)
         return Schedule.from_data_path(list(self.data_path))
 
     def check_shards(self) -> None:

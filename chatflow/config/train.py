@@ -30,6 +30,9 @@ class TrainConfig:
     exit_interval: Optional[int] = flag("--exit-interval", None)
     """Stop early at this iteration, e.g. to fit a job in a scheduler slot; resume continues."""
 
+    exit_signal_handler: bool = flag("--exit-signal-handler", False)
+    """On SIGTERM (e.g. a scheduler's preemption notice), finish the step, save and exit 0."""
+
     seed: int = flag("--seed", 1234)
     """Base seed for python/numpy/torch and the per-TP-rank model-parallel RNG streams."""
 

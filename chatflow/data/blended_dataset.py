@@ -30,6 +30,7 @@ import torch
 
 from chatflow.data.index_cache import IndexCache, pickle_array, unpickle_array
 from chatflow.data.indexed_dataset import shard_exists
+from chatflow.data.sample_index import count_tokens, split_documents
 from chatflow.data.schedule import Schedule
 from chatflow.data.source_dataset import SampleOptions, SourceDataset
 
@@ -362,23 +363,37 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
     def validation_datasets(self, num_samples: Optional[int] = None) -> dict[str, SourceDataset]:
         """Per-source validation datasets on held-out documents of the current schedule's sources.
 
+        A source whose held-out documents are too few for a sample (a tiny shard) is left out,
+        with a warning, rather than failing the run.
+
         Args:
             num_samples: samples per source; ``None`` for one pass over its held-out tokens.
         """
-        if self.config.valid_fraction <= 0:
+        cfg = self.config
+        if cfg.valid_fraction <= 0:
             raise ValueError("validation needs BlendedDatasetConfig.valid_fraction > 0")
-        current = self.segments[-1].schedule
-        return {
-            name: SourceDataset(
-                prefix,
+        out = {}
+        for name in self.segments[-1].schedule.names:
+            source = self.sources[self.names.index(name)]
+            sizes = source.data.sequence_lengths
+            _, held_out = split_documents(len(sizes), cfg.valid_fraction, cfg.seed)
+            tokens = count_tokens(sizes, held_out)
+            if tokens == 0 or (num_samples is None and tokens <= cfg.seq_length):
+                logger.warning(
+                    "%s: %d held-out documents hold %d tokens, too few for validation samples "
+                    "of %d; no validation for this source",
+                    name, len(held_out), tokens, cfg.seq_length,
+                )  # fmt: skip
+                continue
+            out[name] = SourceDataset(
+                source.prefix,
                 num_samples,
-                self.config.sample_options(),
-                self.config.seed,
+                cfg.sample_options(),
+                cfg.seed,
                 split="valid",
-                valid_fraction=self.config.valid_fraction,
+                valid_fraction=cfg.valid_fraction,
                 cache=self.cache,
                 name=name,
-                use_loss_mask=self.config.use_loss_mask,
+                use_loss_mask=cfg.use_loss_mask,
             )
-            for name, prefix in zip(current.names, current.prefixes)
-        }
+        return out

@@ -21,8 +21,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -68,8 +69,8 @@ class Knot:
     """
 
     weights: tuple[float, ...]
-    at: Optional[float] = None
-    at_fraction: Optional[float] = None
+    at: float | None = None
+    at_fraction: float | None = None
     interpolation: str = "linear"
 
     def __post_init__(self) -> None:
@@ -144,10 +145,15 @@ class Schedule:
         for j, k in enumerate(self.knots):
             if len(k.weights) != len(self.sources):
                 raise ScheduleError(
-                    f"{where}knots[{j}] has {len(k.weights)} weights for {len(self.sources)} sources"
+                    f"{where}knots[{j}] has {len(k.weights)} weights for "
+                    f"{len(self.sources)} sources"
                 )
         for unit in ("at", "at_fraction"):
-            pos = [(j, getattr(k, unit)) for j, k in enumerate(self.knots) if getattr(k, unit) is not None]
+            pos = [
+                (j, getattr(k, unit))
+                for j, k in enumerate(self.knots)
+                if getattr(k, unit) is not None
+            ]
             for (j0, p0), (j1, p1) in zip(pos, pos[1:]):
                 if not p1 > p0:
                     raise ScheduleError(
@@ -191,7 +197,7 @@ class Schedule:
             )
         return t
 
-    def weights_at(self, positions: Union[Sequence[float], np.ndarray], num_samples: int) -> np.ndarray:
+    def weights_at(self, positions: Sequence[float] | np.ndarray, num_samples: int) -> np.ndarray:
         """Normalized weights at global sample positions.
 
         Args:
@@ -224,7 +230,7 @@ class Schedule:
         return out
 
     def cumulative_weights(
-        self, positions: Union[Sequence[float], np.ndarray], num_samples: int
+        self, positions: Sequence[float] | np.ndarray, num_samples: int
     ) -> np.ndarray:
         """W_k(x): the integral of each source's normalized weight from 0 to x.
 
@@ -248,17 +254,19 @@ class Schedule:
             where = f"{self.origin}: " if self.origin else ""
             raise ScheduleError(where + "missing shard files: " + "; ".join(missing))
 
-    def with_prefixes(self, prefixes: Mapping[str, str]) -> "Schedule":
+    def with_prefixes(self, prefixes: Mapping[str, str]) -> Schedule:
         """A copy with some sources' shard prefixes replaced (``{name: prefix}``)."""
         unknown = set(prefixes) - set(self.names)
         if unknown:
-            raise ScheduleError(f"unknown source name(s) {sorted(unknown)}; known: {list(self.names)}")
+            raise ScheduleError(
+                f"unknown source name(s) {sorted(unknown)}; known: {list(self.names)}"
+            )
         sources = tuple(Source(s.name, prefixes.get(s.name, s.prefix)) for s in self.sources)
         return Schedule(sources, self.knots, origin=self.origin)
 
     # ----------------------------------------------------------------------------- identity
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serializable form (the YAML format with resolved prefixes and normalized weights)."""
+        """JSON-serializable form: the YAML format, resolved prefixes, normalized weights."""
         knots = []
         for k in self.knots:
             d: dict[str, Any] = {"weights": dict(zip(self.names, k.weights))}
@@ -295,9 +303,9 @@ class Schedule:
         d: Mapping[str, Any],
         *,
         base_dir: str = ".",
-        data_root: Optional[str] = None,
+        data_root: str | None = None,
         origin: str = "",
-    ) -> "Schedule":
+    ) -> Schedule:
         """Build from the YAML structure (a mapping); see :meth:`from_yaml` for the format.
 
         Args:
@@ -309,7 +317,7 @@ class Schedule:
         return _from_mapping(d, base_dir=base_dir, data_root=data_root, origin=origin)
 
     @classmethod
-    def from_yaml(cls, path: str, *, data_root: Optional[str] = None) -> "Schedule":
+    def from_yaml(cls, path: str, *, data_root: str | None = None) -> Schedule:
         """Load a schedule YAML file (format in README); errors name the file and field.
 
         Relative shard prefixes resolve against ``data_root`` (this argument, else the file's
@@ -328,7 +336,7 @@ class Schedule:
         return _from_mapping(doc, base_dir=base, data_root=data_root, origin=path)
 
     @classmethod
-    def from_data_path(cls, data_path: Sequence[str]) -> "Schedule":
+    def from_data_path(cls, data_path: Sequence[str]) -> Schedule:
         """A constant schedule from Megatron's ``--data-path [w1] p1 [w2 p2 ...]``.
 
         Accepts a single prefix without a weight, or alternating weight/prefix pairs. Source
@@ -363,11 +371,19 @@ class Schedule:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    return (
+        isinstance(v, (int, float, np.integer, np.floating))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+    )
 
 
 def _check_num_samples(num_samples: int) -> None:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
+    if (
+        isinstance(num_samples, bool)
+        or not isinstance(num_samples, (int, np.integer))
+        or num_samples < 0
+    ):
         raise ScheduleError(f"num_samples must be an integer >= 0, got {num_samples!r}")
 
 
@@ -375,9 +391,7 @@ _TOP_KEYS = {"data_root", "interpolation", "sources", "knots"}
 _KNOT_KEYS = {"at", "at_fraction", "weights", "interpolation"}
 
 
-def _from_mapping(
-    doc: Any, *, base_dir: str, data_root: Optional[str], origin: str
-) -> Schedule:
+def _from_mapping(doc: Any, *, base_dir: str, data_root: str | None, origin: str) -> Schedule:
     """Parse the YAML document structure into a :class:`Schedule`, naming fields in errors."""
     where = f"{origin}: " if origin else ""
 
@@ -423,7 +437,9 @@ def _from_mapping(
             raise fail(f"knots[{j}] must be a mapping")
         unknown = set(k) - _KNOT_KEYS
         if unknown:
-            raise fail(f"knots[{j}]: unknown field(s) {sorted(unknown)}; expected {sorted(_KNOT_KEYS)}")
+            raise fail(
+                f"knots[{j}]: unknown field(s) {sorted(unknown)}; expected {sorted(_KNOT_KEYS)}"
+            )
         w = k.get("weights")
         if not isinstance(w, Mapping) or not w:
             raise fail(f"knots[{j}].weights must be a mapping {{source name: weight}}")
