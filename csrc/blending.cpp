@@ -3,7 +3,10 @@
 // Floating point: the exact builder must reproduce megatron-core's comparisons bit for bit on a
 // constant schedule, and tests/reference_blending.py reproduces every operation of this file in
 // Python. Both rely on plain IEEE double arithmetic in the written order: no -ffast-math, and no
-// fused multiply-add contraction (the default x86-64 target has no FMA; keep it that way).
+// fused multiply-add contraction. The default x86-64 target has no FMA, so none happens; on a
+// target with FMA (aarch64, -march=native) build with -ffp-contract=off. A per-file
+// `#pragma GCC optimize` would do it too, but it changed GCC 12's inlining here and cost 40% at
+// K = 10. tests/test_blending.py (C++ == Python reference, megatron parity) catches a violation.
 #include "blending.h"
 
 #include <algorithm>
@@ -22,7 +25,7 @@ constexpr int64_t kBucketsPerPosition = 2;
 // The exact builder's argmax: one branch-free pass up to kScanBranchless sources, one branchy
 // pass up to kScanDirectly, two passes beyond (see argmax_deficit). Tuned on x86-64.
 constexpr int64_t kScanBranchless = 4;
-constexpr int64_t kScanDirectly = 10;
+constexpr int64_t kScanDirectly = 11;
 
 // Constants of one segment that both builders derive from (t0, t1) the same way.
 struct Segment {
@@ -83,12 +86,17 @@ inline double deficit(const double* e, const double* a, const double* d, int64_t
   return x;
 }
 
-template <int Kind>
+enum Scan : int { kScanCmov = 0, kScanBranchy = 1, kScanTwoPass = 2 };
+
+// The strategy is picked once per segment (a template argument), so the compiler never learns a
+// bound on n inside a strategy: with one, GCC 12 specialized the branchy loop and slowed it by 40%
+// at exactly n == the bound.
+template <int Kind, int Strategy>
 inline int64_t argmax_deficit(const double* e, const double* a, const double* d, double* v,
                               int64_t n, double u, double p) {
   double best = -kInf;
   int64_t best_j = 0;
-  if (n <= kScanBranchless) {
+  if (Strategy == kScanCmov) {
     // Conditional moves: with very few sources the winner flips unpredictably.
     for (int64_t j = 0; j < n; ++j) {
       const double x = deficit<Kind>(e, a, d, j, u, p);
@@ -98,7 +106,7 @@ inline int64_t argmax_deficit(const double* e, const double* a, const double* d,
     }
     return best_j;
   }
-  if (n <= kScanDirectly) {
+  if (Strategy == kScanBranchy) {
     // One branchy pass: only a few new running maxima per scan to mispredict.
     for (int64_t j = 0; j < n; ++j) {
       const double x = deficit<Kind>(e, a, d, j, u, p);
@@ -130,7 +138,7 @@ inline int64_t argmax_deficit(const double* e, const double* a, const double* d,
   return j;
 }
 
-template <int Kind>
+template <int Kind, int Strategy>
 void run_exact(ExactState& st, const Segment& g, int64_t first_i, int64_t i, int64_t i_hi) {
   double sn = 0.0, cs = 1.0;  // sin/cos of the cosine phase at the previous position
   auto is_anchor = [&](int64_t pos) { return pos <= 1 || pos == first_i || pos % kAnchorEvery == 0; };
@@ -174,11 +182,22 @@ void run_exact(ExactState& st, const Segment& g, int64_t first_i, int64_t i, int
       }
       p = u * 0.5 - g.amp * sn;
     }
-    const int64_t j = argmax_deficit<Kind>(e, a, d, v, n, u, p);
+    const int64_t j = argmax_deficit<Kind, Strategy>(e, a, d, v, n, u, p);
     const int32_t k = id[j];
     out_index[i - start] = static_cast<int16_t>(k);
     out_sample[i - start] = count[k]++;
     e[j] -= 1.0;
+  }
+}
+
+template <int Kind>
+void run_scan(ExactState& st, const Segment& g, int64_t first_i, int64_t i, int64_t i_hi) {
+  if (st.n <= kScanBranchless) {
+    run_exact<Kind, kScanCmov>(st, g, first_i, i, i_hi);
+  } else if (st.n <= kScanDirectly) {
+    run_exact<Kind, kScanBranchy>(st, g, first_i, i, i_hi);
+  } else {
+    run_exact<Kind, kScanTwoPass>(st, g, first_i, i, i_hi);
   }
 }
 
@@ -233,9 +252,9 @@ void build_blending_exact(const SegmentTable& t, int64_t start, int64_t end,
     load_segment(st, t, s, offset);
     const int64_t first_i = first_position(s, g.t0);
     switch (g.kind) {
-      case kConstant: run_exact<kConstant>(st, g, first_i, i, i_hi); break;
-      case kLinear: run_exact<kLinear>(st, g, first_i, i, i_hi); break;
-      case kCosine: run_exact<kCosine>(st, g, first_i, i, i_hi); break;
+      case kConstant: run_scan<kConstant>(st, g, first_i, i, i_hi); break;
+      case kLinear: run_scan<kLinear>(st, g, first_i, i, i_hi); break;
+      case kCosine: run_scan<kCosine>(st, g, first_i, i, i_hi); break;
       default: throw std::invalid_argument("blending: unknown segment kind");
     }
     i = i_hi;
@@ -354,14 +373,12 @@ void build_blending_fast(const SegmentTable& t, int64_t start, int64_t end,
   // a per-source counter (ties of equal (r, k) cannot reorder them).
   std::vector<int64_t> emitted(initial_counts, initial_counts + K);
   std::vector<double> next_r(K);
-  auto advance = [&](int64_t k, double prev) {
-    const double y = static_cast<double>(next_j[k]) - offset[k];
-    // Running max: rounding must never order a source's own samples backwards.
-    next_r[k] = std::max(prev, release_position(t, segs, k, y, cursor[k]));
-  };
   // Releases before `start` keep their true positions (not clamped), so a resumed build orders
   // overdue samples exactly as the uninterrupted build would.
-  for (int64_t k = 0; k < K; ++k) advance(k, -kInf);
+  for (int64_t k = 0; k < K; ++k) {
+    const double y = static_cast<double>(next_j[k]) - offset[k];
+    next_r[k] = release_position(t, segs, k, y, cursor[k]);
+  }
 
   // Window width: a few times K so the per-window scan over sources stays cheap, and small
   // enough (>= kWindow) that the bucket counters stay in cache. kBucketsPerPosition buckets per
@@ -380,15 +397,24 @@ void build_blending_fast(const SegmentTable& t, int64_t start, int64_t end,
     items.clear();
     std::fill(bucket_start.begin(), bucket_start.end(), 0);
     for (int64_t k = 0; k < K; ++k) {
-      while (next_r[k] < hi) {
+      // Source state in locals: kept in registers instead of round-tripping through memory.
+      double r = next_r[k];
+      if (!(r < hi)) continue;
+      int64_t j = next_j[k];
+      Cursor c = cursor[k];
+      const double off = offset[k];
+      do {
         // Overdue releases (r < lo, only in a resumed build) share the first bucket.
-        const double r = next_r[k];
         const int32_t b = r > lo ? static_cast<int32_t>((r - lo) * scale) : 0;
         items.push_back({r, static_cast<int32_t>(k), b});
         ++bucket_start[b + 1];
-        ++next_j[k];
-        advance(k, r);
-      }
+        ++j;
+        // Running max: rounding must never order a source's own samples backwards.
+        r = std::max(r, release_position(t, segs, k, static_cast<double>(j) - off, c));
+      } while (r < hi);
+      next_r[k] = r;
+      next_j[k] = j;
+      cursor[k] = c;
     }
     if (items.empty()) {
       bool any = false;
