@@ -34,6 +34,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from chatflow.config.checkpoint import CheckpointConfig
+from chatflow.fileio import atomic_write, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -82,25 +83,6 @@ def complete_checkpoints(ckpt_dir: str) -> List[int]:
         return []
     found = (_ITER_DIR.match(name) for name in os.listdir(ckpt_dir))
     return sorted(int(m.group(1)) for m in found if m)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
-
-
-def _fsync_dir(path: str) -> None:
-    # Make the rename itself durable: without this a power loss can undo it.
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
@@ -233,8 +215,8 @@ def save_checkpoint(
         os.replace(tmp, final)
         if replaced:
             shutil.rmtree(replaced, ignore_errors=True)
-        _fsync_dir(cfg.save)
-        _write_atomic(os.path.join(cfg.save, TRACKER_FILE), f"{iteration}\n")
+        fsync_dir(cfg.save)
+        atomic_write(os.path.join(cfg.save, TRACKER_FILE), f"{iteration}\n")
         _prune(cfg.save, cfg.keep_last_checkpoints)
         logger.info("saved checkpoint %s", final)
     torch.distributed.barrier()

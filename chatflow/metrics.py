@@ -27,6 +27,8 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from chatflow.fileio import atomic_open
+
 logger = logging.getLogger("chatflow.train")
 
 # Dense bf16/fp16 tensor-core peaks in TFLOP/s (vendor data sheets, without sparsity).
@@ -274,7 +276,5 @@ def _truncate_after(path: str, iteration: int) -> None:
     if not os.path.isfile(path):
         return
     kept = [r for r in read_metrics(path) if r.get("iteration", 0) <= iteration]
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as fh:
+    with atomic_open(path, "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, path)

@@ -17,6 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from chatflow.fileio import atomic_open  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
@@ -69,9 +71,8 @@ def main() -> None:
     fig.suptitle(args.title)
     fig.tight_layout()
 
-    tmp = args.output + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, args.output)
+    with atomic_open(args.output, "wb") as fh:
+        fig.savefig(fh, dpi=110, format="png")
     print(f"wrote {args.output} ({len(train)} intervals, sources: {', '.join(names)})")
 
 

@@ -39,6 +39,7 @@ from chatflow.data.jsonl_reader import (  # noqa: E402
     iter_lines,
     parse_line,
 )
+from chatflow.fileio import atomic_write  # noqa: E402
 
 logger = logging.getLogger("train_tokenizer")
 
@@ -142,23 +143,13 @@ def train(
     )
     if stats["sentences"] == 0:
         raise ValueError("no text found in the inputs")
-    _atomic_write(output, model.getvalue())
+    atomic_write(output, model.getvalue())
     if write_vocab:
         sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
         lines = [f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size())]
         base = output[: -len(".model")] if output.endswith(".model") else output
-        _atomic_write(base + ".vocab", "".join(lines).encode("utf-8"))
+        atomic_write(base + ".vocab", "".join(lines).encode("utf-8"))
     return stats
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

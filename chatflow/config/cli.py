@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 import yaml
 
+from chatflow.fileio import atomic_open
+
 if TYPE_CHECKING:  # the sections import lazily at run time (see _section_classes)
     from chatflow.config.checkpoint import CheckpointConfig
     from chatflow.config.data import DataConfig
@@ -248,7 +250,5 @@ class JobConfig:
 
 def dump_config(job: JobConfig, path: str) -> None:
     """Write the effective config as YAML (re-loadable with --config), atomically."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as fh:
+    with atomic_open(path, "w") as fh:
         yaml.safe_dump(job.to_dict(), fh, sort_keys=False)
-    os.replace(tmp, path)

@@ -26,6 +26,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from chatflow.fileio import atomic_open, atomic_write
+
 logger = logging.getLogger(__name__)
 
 #: Bump when the meaning of any cached array changes; it is part of every key.
@@ -73,15 +75,6 @@ def unpickle_array(obj: Any) -> np.ndarray:
     if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == "npy-mmap":
         return np.load(obj[1], mmap_mode="r")
     return obj
-
-
-def _write_atomic(path: str, write: Callable[[Any], None]) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _dist_rank_and_size() -> tuple[int, int]:
@@ -187,13 +180,14 @@ class IndexCache:
             if not name.isidentifier():
                 raise ValueError(f"array name must be an identifier, got {name!r}")
             array = np.ascontiguousarray(array)
-            _write_atomic(os.path.join(path, name + ".npy"), lambda f, a=array: np.save(f, a))
+            with atomic_open(os.path.join(path, name + ".npy"), "wb") as f:
+                np.save(f, array)
             listing[name] = {"shape": list(array.shape), "dtype": array.dtype.str}
             if _after_array_written is not None:
                 _after_array_written(name)
         marker = {"arrays": listing, "description": description, "format": CACHE_FORMAT_VERSION}
         text = json.dumps(marker, sort_keys=True, indent=1, default=str).encode()
-        _write_atomic(os.path.join(path, _MARKER), lambda f: f.write(text))
+        atomic_write(os.path.join(path, _MARKER), text)
         logger.info("index cache: built %s in %.2fs", path, time.monotonic() - start)
 
     @staticmethod
