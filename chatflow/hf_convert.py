@@ -1,8 +1,8 @@
 """HF ``LlamaForCausalLM`` <-> megatron-core ``GPTModel`` (ChatFlow's LLaMA2): one key table.
 
 Everything here works on full, unsharded tensors in one process; tensor/pipeline sharding is
-left to ``dist_checkpointing``, which reshards a checkpoint on load (``tools/convert_hf_checkpoint.py``
-writes one). The layouts were checked to ~1e-6 logit difference (``shared/notes/mcore-on-cpu.md``):
+left to ``dist_checkpointing``, which reshards a checkpoint on load (written by
+``tools/convert_hf_checkpoint.py``). The layout (``tests/test_hf_convert.py`` checks logits):
 
 * ``linear_qkv`` rows are grouped per KV group: that group's query heads, then its key head,
   then its value head. megatron-core's TP splits the fused weight into contiguous row blocks, so
@@ -10,7 +10,7 @@ writes one). The layouts were checked to ~1e-6 logit difference (``shared/notes/
 * ``linear_fc1`` is ``[gate_proj; up_proj]`` stacked on dim 0 (megatron-core shards gate and up
   separately under TP, so no interleaving is needed here).
 * RoPE needs no permutation: HF's ``rotate_half`` is megatron-core's ``rotary_interleaved=False``.
-* The vocabulary is padded to ``ModelConfig.padded_vocab_size(tp)`` rows (see :data:`PADDING_MODES`).
+* The vocabulary is padded to ``ModelConfig.padded_vocab_size(tp)`` rows (:data:`PADDING_MODES`).
 
 Module names are those of megatron-core's *local* layer spec (what ``GPTModel.state_dict()``
 returns on CPU). In a dist-checkpoint the same tensors are stored under TransformerEngine-style
@@ -262,7 +262,7 @@ def iter_hf_to_mcore(
         if missing:
             raise KeyError(f"HF checkpoint has no {missing[0]!r} (needed for {mcore_name})")
         tensors = [hf_state[n] for n in hf_names]
-        for n, t in zip(hf_names, tensors):
+        for n, t in zip(hf_names, tensors, strict=True):
             _check(n, t, _expected(n, shapes))
         if rule.kind == "qkv":
             out = _fuse_qkv(*tensors, cfg)
@@ -273,6 +273,20 @@ def iter_hf_to_mcore(
         else:
             out = tensors[0]
         yield mcore_name, out
+
+
+def hf_parameter_names(cfg: ModelConfig) -> set:
+    """Every HF tensor name the LLaMA2 model of ``cfg`` has."""
+    return {n for _, hf_names, _ in _iter_rules(cfg.num_layers) for n in hf_names}
+
+
+def check_hf_names(names: Any, cfg: ModelConfig) -> None:
+    """Raises ValueError for HF tensors that ChatFlow's LLaMA2 does not have (a sign of another
+    architecture); rotary buffers (:data:`IGNORED_HF_SUFFIXES`) are allowed."""
+    known = hf_parameter_names(cfg)
+    unknown = [k for k in names if k not in known and not k.endswith(IGNORED_HF_SUFFIXES)]
+    if unknown:
+        raise ValueError(f"HF checkpoint has tensors ChatFlow's LLaMA2 does not: {unknown[:5]}")
 
 
 def hf_to_mcore_state_dict(
@@ -286,10 +300,7 @@ def hf_to_mcore_state_dict(
     Unknown HF keys are an error (a sign of a non-LLaMA2 checkpoint), except the rotary buffers
     of :data:`IGNORED_HF_SUFFIXES`. See :func:`iter_hf_to_mcore` for the arguments.
     """
-    used = {n for _, hf_names, _ in _iter_rules(cfg.num_layers) for n in hf_names}
-    unknown = [k for k in hf_state if k not in used and not k.endswith(IGNORED_HF_SUFFIXES)]
-    if unknown:
-        raise ValueError(f"HF checkpoint has tensors ChatFlow's LLaMA2 does not: {unknown[:5]}")
+    check_hf_names(hf_state.keys(), cfg)
     return dict(iter_hf_to_mcore(hf_state, cfg, tensor_parallel_size, padding))
 
 
@@ -319,5 +330,5 @@ def mcore_to_hf_state_dict(
             parts = (tensor,)
         if len(parts) > 1:  # views into one fused tensor share storage: safetensors refuses them
             parts = tuple(p.clone() for p in parts)
-        out.update({n: p.contiguous() for n, p in zip(hf_names, parts)})
+        out.update({n: p.contiguous() for n, p in zip(hf_names, parts, strict=True)})
     return out

@@ -1,7 +1,7 @@
 """Chinese vocabulary expansion of a LLaMA-style sentencepiece model, and embedding initialization.
 
-LLaMA2's 32,000-piece tokenizer holds only ~700 CJK characters; every other character falls back
-to 2-4 UTF-8 byte pieces, so Chinese text costs several tokens per character. The ChatFlow
+LLaMA2's 32,000-piece tokenizer holds fewer than a thousand CJK characters; every other one falls
+back to its three UTF-8 byte pieces, so Chinese text costs up to three tokens per character. The ChatFlow
 authors' related models append 8,076 common Chinese characters and punctuation to the vocabulary
 and start each new embedding/output row as the mean of the rows of the pieces the *old* tokenizer
 splits it into. This module does both halves:
@@ -20,14 +20,17 @@ splits it into. This module does both halves:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import unicodedata
 from collections import Counter
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import sentencepiece as spm
 import torch
+from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from chatflow.data.jsonl_reader import JsonlError, RecordError, iter_lines, parse_line
@@ -57,7 +60,7 @@ def is_cjk_char(ch: str) -> bool:
     """True for a CJK ideograph or a punctuation/symbol character of Chinese text.
 
     Whitespace (the ideographic space U+3000) and full-width letters/digits are excluded: they
-    are not punctuation and sentencepiece treats them like their ASCII forms under NFKC models.
+    are not Chinese characters or punctuation, and NFKC-normalizing models map them to ASCII.
     """
     cp = ord(ch)
     if any(lo <= cp <= hi for lo, hi in _IDEOGRAPH_RANGES):
@@ -111,7 +114,7 @@ def _parse(data: bytes, name: str = "model") -> sp_pb2.ModelProto:
     model = sp_pb2.ModelProto()
     try:
         model.ParseFromString(data)
-    except Exception as e:  # protobuf's DecodeError; say which file
+    except DecodeError as e:  # protobuf's message does not name the file
         raise ValueError(f"{name}: not a sentencepiece model ({e})") from None
     if not model.pieces:
         raise ValueError(f"{name}: not a sentencepiece model (no pieces)")
@@ -150,25 +153,21 @@ def read_piece_file(path: str) -> list[str]:
     return pieces
 
 
-def _strings(value: Any) -> Iterable[str]:
+def _strings(value: Any) -> Iterator[str]:
     """Every string inside a JSON value (any corpus layout: text, zh/en, Alpaca, conversations)."""
     if isinstance(value, str):
         yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
+    elif isinstance(value, (dict, list)):
+        for v in value.values() if isinstance(value, dict) else value:
             yield from _strings(v)
 
 
-def count_cjk_chars(paths: Sequence[str], skip_bad: bool = False) -> Counter:
-    """Counts of CJK characters/punctuation over every string field of JSONL(.gz) files.
+def corpus_strings(paths: Sequence[str], skip_bad: bool = False) -> Iterator[str]:
+    """Every string field of every record of JSONL(.gz) files, streamed.
 
     Raises:
         JsonlError: a bad line (``file:line: reason``), unless ``skip_bad``.
     """
-    counts: Counter = Counter()
     for path in paths:
         for n, raw in iter_lines(path):
             try:
@@ -178,9 +177,7 @@ def count_cjk_chars(paths: Sequence[str], skip_bad: bool = False) -> Counter:
                     raise JsonlError(path, n, str(e)) from None
                 logger.warning("%s:%d: skipped: %s", path, n, e)
                 continue
-            for s in _strings(record):
-                counts.update(c for c in s if is_cjk_char(c))
-    return counts
+            yield from _strings(record)
 
 
 def mine_corpus(
@@ -200,14 +197,19 @@ def mine_corpus(
     if top_n <= 0:
         raise ValueError(f"top_n must be positive, got {top_n}")
     vocab = {p.piece for p in _parse(model_proto).pieces}
-    counts = count_cjk_chars(paths, skip_bad)
+    counts: Counter = Counter()
+    for text in corpus_strings(paths, skip_bad):
+        counts.update(c for c in text if is_cjk_char(c))
     ranked = sorted(
         ((c, k) for c, k in counts.items() if c not in vocab and k >= min_count),
         key=lambda ck: (-ck[1], ord(ck[0])),
     )
     logger.info(
         "mined %d CJK characters (%d occurrences); %d are not pieces yet, keeping %d",
-        len(counts), sum(counts.values()), len(ranked), min(top_n, len(ranked)),
+        len(counts),
+        sum(counts.values()),
+        len(ranked),
+        min(top_n, len(ranked)),
     )
     return ranked[:top_n]
 
@@ -262,11 +264,8 @@ def expand_model(
         new.score = min_score - 1.0 - len(added) if piece_type == "normal" else 0.0
         added.append(piece)
     if skipped_existing:
-        shown = ", ".join(map(repr, skipped_existing[:10]))
-        more = f" and {len(skipped_existing) - 10} more" if len(skipped_existing) > 10 else ""
-        logger.warning(
-            "skipped %d piece(s) already in the vocabulary: %s%s", len(skipped_existing), shown, more
-        )
+        n, shown = len(skipped_existing), _preview(skipped_existing)
+        logger.warning("skipped %d piece(s) already in the vocabulary: %s", n, shown)
     if duplicates:
         logger.warning("skipped %d repeated piece(s) in the list", duplicates)
     if not added:
@@ -276,16 +275,22 @@ def expand_model(
     # trainer_spec.vocab_size is informational for encoding, but keep it truthful.
     model.trainer_spec.vocab_size = len(model.pieces)
     data = model.SerializeToString()
-    not_single = _not_single_token(data, old_size, added)
+    sp = in_word_processor(data)
+    not_single = [
+        p for i, p in enumerate(added, old_size) if sp.encode(p.replace(SPACE, " ")) != [i]
+    ]
     if not_single:
-        logger.warning(
-            "%d added piece(s) do not encode as one token (no BPE merge path?): %s",
-            len(not_single), ", ".join(map(repr, not_single[:10])),
-        )
+        n, shown = len(not_single), _preview(not_single)
+        logger.warning("%d added piece(s) are not one token (no BPE merge path?): %s", n, shown)
     logger.info("added %d pieces: vocab %d -> %d", len(added), old_size, len(model.pieces))
     return ExpansionResult(
         data, old_size, len(model.pieces), added, skipped_existing, duplicates, not_single
     )
+
+
+def _preview(items: Sequence[str], n: int = 10) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(map(repr, items[:n])) + more
 
 
 def in_word_processor(model_proto: bytes) -> spm.SentencePieceProcessor:
@@ -301,13 +306,6 @@ def in_word_processor(model_proto: bytes) -> spm.SentencePieceProcessor:
     model.normalizer_spec.add_dummy_prefix = False
     model.normalizer_spec.remove_extra_whitespaces = False
     return spm.SentencePieceProcessor(model_proto=model.SerializeToString())
-
-
-def _not_single_token(new_proto: bytes, start: int, added: Sequence[str]) -> list[str]:
-    sp = in_word_processor(new_proto)
-    return [
-        p for i, p in enumerate(added, start) if sp.encode(p.replace(SPACE, " ")) != [i]
-    ]
 
 
 def new_piece_sources(old_proto: bytes, new_proto: bytes) -> list[list[int]]:
@@ -327,7 +325,7 @@ def new_piece_sources(old_proto: bytes, new_proto: bytes) -> list[list[int]]:
             )
     sp = in_word_processor(old_proto)
     sources = []
-    for p in new.pieces[len(old.pieces):]:
+    for p in new.pieces[len(old.pieces) :]:
         ids = sp.encode(p.piece.replace(SPACE, " "))
         if not ids:
             raise ValueError(f"new piece {p.piece!r} encodes to nothing with the old model")
@@ -393,16 +391,7 @@ def tokens_per_char(model_proto: bytes, texts: Iterable[str]) -> float:
     return tokens / chars
 
 
-def sample_chinese_texts(paths: Sequence[str], limit: Optional[int] = None) -> list[str]:
-    """Strings containing Chinese from JSONL files (up to ``limit``), for tokens-per-char figures."""
-    texts: list[str] = []
-    for path in paths:
-        for _, raw in iter_lines(path):
-            try:
-                record = parse_line(raw)
-            except RecordError:
-                continue
-            texts.extend(s for s in _strings(record) if any(is_cjk_char(c) for c in s))
-            if limit is not None and len(texts) >= limit:
-                return texts[:limit]
-    return texts
+def sample_chinese_texts(paths: Sequence[str], limit: int | None = None) -> list[str]:
+    """The first ``limit`` strings with Chinese in JSONL files (bad lines skipped), for figures."""
+    texts = (t for t in corpus_strings(paths, skip_bad=True) if any(map(is_cjk_char, t)))
+    return list(itertools.islice(texts, limit))

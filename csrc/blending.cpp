@@ -73,7 +73,9 @@ struct ExactState {
 };
 
 // Smallest position i whose x = max(i, 1) lies in a segment starting at t0.
-int64_t first_position(int64_t s, double t0) { return s == 0 ? 0 : static_cast<int64_t>(std::ceil(t0)); }
+int64_t first_position(int64_t s, double t0) {
+  return s == 0 ? 0 : static_cast<int64_t>(std::ceil(t0));
+}
 
 // Argmax of v[j] = e[j] + a[j] * u (+ d[j] * P), first index on ties; the constant form is
 // exactly megatron-core's weight * t - count when e = -count. Three strategies by size, each
@@ -141,7 +143,9 @@ inline int64_t argmax_deficit(const double* e, const double* a, const double* d,
 template <int Kind, int Strategy>
 void run_exact(ExactState& st, const Segment& g, int64_t first_i, int64_t i, int64_t i_hi) {
   double sn = 0.0, cs = 1.0;  // sin/cos of the cosine phase at the previous position
-  auto is_anchor = [&](int64_t pos) { return pos <= 1 || pos == first_i || pos % kAnchorEvery == 0; };
+  auto is_anchor = [&](int64_t pos) {
+    return pos <= 1 || pos == first_i || pos % kAnchorEvery == 0;
+  };
   if (Kind == kCosine && !is_anchor(i)) {
     // Start mid-block (a resumed build): replay from the block's anchor so the values equal
     // those of a build that ran through this block from its beginning.
@@ -319,7 +323,7 @@ bool locate(const SegmentTable& t, const std::vector<Segment>& segs, int64_t k, 
   c.d = t.d[s * K + k];
   c.t0 = g.t0;
   c.len = g.len;
-  c.shape = c.d == 0.0 ? kConstant : g.kind;
+  c.shape = c.d == 0.0 ? static_cast<int8_t>(kConstant) : g.kind;
   c.slope2 = c.shape == kLinear ? 2.0 * (c.d / g.len) : 0.0;
   return true;
 }

@@ -38,7 +38,7 @@ def _segment_of(table, x: float) -> int:
 
 
 def _first_position(s: int, t0: float) -> int:
-    return 0 if s == 0 else int(math.ceil(t0))
+    return 0 if s == 0 else math.ceil(t0)
 
 
 def ref_build_exact(table, start: int, end: int, initial_counts, offset, anchor_every: int):

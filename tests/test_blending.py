@@ -242,7 +242,7 @@ def test_int16_limit_and_input_validation():
     with pytest.raises(ScheduleError, match="32767"):
         make_schedule(np.ones(32768))
     s = make_schedule(np.ones(32767))
-    di, dsi = build_blending_indices(s, 40_000, exact=False)
+    di, _ = build_blending_indices(s, 40_000, exact=False)
     assert di.max() == 32766 and di.min() == 0
     di, _ = build_blending_indices(s, 64)
     np.testing.assert_array_equal(di, np.arange(64))
@@ -261,7 +261,7 @@ def test_fills_given_output_arrays():
     s = make_schedule([[0.2, 0.8], [0.9, 0.1]], ats=[0, 500])
     want_di, want_dsi = build_blending_indices(s, 1000, exact=False)
     out = (np.full(1000, -1, np.int16), np.full(1000, -1, np.int64))
-    di, dsi = build_blending_indices(s, 1000, exact=False, out=out)
+    di, _ = build_blending_indices(s, 1000, exact=False, out=out)
     assert di is out[0] or np.shares_memory(di, out[0])
     np.testing.assert_array_equal(out[0], want_di)
     np.testing.assert_array_equal(out[1], want_dsi)

@@ -57,7 +57,7 @@ class PeakRSS:
         self.peak = 0
         self._stop = threading.Event()
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> PeakRSS:  # noqa: PYI034 (typing.Self needs Python 3.11)
         self.before = self.proc.memory_info().rss
         self.peak = self.before
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -156,7 +156,8 @@ def bench_blending(
             rows.append(row)
             print(
                 f"K={K:>5} N={nk:.0e} {mode:<14} wall {sec:7.2f} s  cpu {cpu:7.2f} s "
-                f"(x{cpu / base:5.3f})  builder-only cpu {cpu_b:7.2f} s (x{cpu_b / base_reused:5.3f})"
+                f"(x{cpu / base:5.3f})  builder-only cpu {cpu_b:7.2f} s "
+                f"(x{cpu_b / base_reused:5.3f})"
                 f"  extra {extra:6.1f} MiB",
                 flush=True,
             )

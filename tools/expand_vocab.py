@@ -23,12 +23,12 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from chatflow import vocab  # noqa: E402
-from chatflow.data.jsonl_reader import JsonlError, expand_inputs  # noqa: E402
+from chatflow import vocab
+from chatflow.data.jsonl_reader import JsonlError, expand_inputs
+from chatflow.fileio import atomic_write
 
 logger = logging.getLogger("expand_vocab")
 
@@ -37,14 +37,15 @@ logger = logging.getLogger("expand_vocab")
 _HF_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_vocab(model_path: str, proto: bytes) -> None:
+    """The human-readable ``<name>.vocab`` (piece, score) next to the model, as sentencepiece's
+    trainer and tools/train_tokenizer.py write it."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    lines = [f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size())]
+    base = model_path.removesuffix(".model")
+    atomic_write(base + ".vocab", "".join(lines).encode("utf-8"))
 
 
 def resize_hf_model(
@@ -84,7 +85,9 @@ def resize_hf_model(
     tied = model.config.tie_word_embeddings
     with torch.no_grad():
         emb = vocab.expand_embedding(model.get_input_embeddings().weight, sources)
-        head = None if tied else vocab.expand_embedding(model.get_output_embeddings().weight, sources)
+        head = (
+            None if tied else vocab.expand_embedding(model.get_output_embeddings().weight, sources)
+        )
         # resize_token_embeddings keeps config.vocab_size and weight tying right; its own
         # (random, mean-centred) init is disabled and overwritten by ours.
         model.resize_token_embeddings(emb.shape[0], mean_resizing=False)
@@ -96,7 +99,7 @@ def resize_hf_model(
     tmp = tempfile.mkdtemp(prefix=".expand_vocab.", dir=parent)
     try:
         model.save_pretrained(tmp)
-        _atomic_write(os.path.join(tmp, "tokenizer.model"), new_proto)
+        atomic_write(os.path.join(tmp, "tokenizer.model"), new_proto)
         for name in _HF_TOKENIZER_FILES:
             if os.path.isfile(os.path.join(hf_dir, name)):
                 shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, name))
@@ -111,7 +114,7 @@ def resize_hf_model(
     return {"old_rows": old_rows, "new_rows": emb.shape[0]}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokenizer-model", required=True, help="the old sentencepiece model")
     src = parser.add_mutually_exclusive_group(required=True)
@@ -149,7 +152,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 raise ValueError("nothing to add: every CJK character of the corpus is a piece")
             pieces = [c for c, _ in mined]
         result = vocab.expand_model(old, pieces, args.piece_type)
-        _atomic_write(args.output, result.model_proto)
+        atomic_write(args.output, result.model_proto)
+        _write_vocab(args.output, result.model_proto)
         sample_files = args.sample or args.mine_corpus
         texts = (
             vocab.sample_chinese_texts(expand_inputs(sample_files), args.sample_size)

@@ -81,10 +81,14 @@ def segment_table(schedule: Schedule, num_samples: int) -> SegmentTable:
     def add(t0: float, t1: float, kind: int, a: np.ndarray, d: np.ndarray) -> None:
         if kind != KIND_CONSTANT and not np.any(d):
             kind = KIND_CONSTANT  # equal weights at both knots: no shape to follow
-        if kind == KIND_CONSTANT and pieces and pieces[-1][2] == KIND_CONSTANT:
-            if np.array_equal(pieces[-1][3], a):
-                pieces[-1] = (pieces[-1][0], t1, KIND_CONSTANT, a, pieces[-1][4])
-                return
+        if (
+            kind == KIND_CONSTANT
+            and pieces
+            and pieces[-1][2] == KIND_CONSTANT
+            and np.array_equal(pieces[-1][3], a)
+        ):
+            pieces[-1] = (pieces[-1][0], t1, KIND_CONSTANT, a, pieces[-1][4])
+            return
         pieces.append((t0, t1, kind, a, d if kind != KIND_CONSTANT else np.zeros_like(a)))
 
     if t[0] > 0:

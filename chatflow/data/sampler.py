@@ -220,17 +220,12 @@ class DataState:
 
 
 def schedule_from_state(segment: dict[str, Any]) -> Schedule:
-    """Rebuild a segment's schedule from its checkpoint form, bit for bit.
+    """Rebuild a segment's schedule from its checkpoint form.
 
-    ``Schedule.to_dict`` holds the normalized weights; ``from_dict`` normalizes them again, which
-    can move a weight by an ulp, and then a blend could differ from the one trained on. The saved
-    floats (exact through JSON) are restored on the knots, before anything caches them.
+    ``Schedule.to_dict`` keeps the weights as given, so ``from_dict`` rebuilds the same
+    normalized floats; a fingerprint mismatch means another ChatFlow version wrote the state.
     """
-    d = segment["schedule"]
-    schedule = Schedule.from_dict(d, origin="checkpoint")
-    for knot, saved in zip(schedule.knots, d["knots"], strict=True):
-        exact = tuple(float(saved["weights"].get(name, 0.0)) for name in schedule.names)
-        object.__setattr__(knot, "weights", exact)  # frozen dataclass: same values, exact floats
+    schedule = Schedule.from_dict(segment["schedule"], origin="checkpoint")
     saved_fp = segment.get("fingerprint")
     if saved_fp is not None and saved_fp != schedule.fingerprint():
         logger.warning(

@@ -18,6 +18,7 @@ be built, validated, hashed and plotted on a machine that does not hold the data
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -62,6 +63,9 @@ class Knot:
 
     Attributes:
         weights: one non-negative weight per source, in source order; normalized on construction.
+        given_weights: the weights as given, before normalization. ``to_dict`` saves these, so
+            ``from_dict(to_dict())`` normalizes the same numbers again and rebuilds the same
+            floats (normalizing already-normalized weights can move one by an ulp).
         at: position in samples (exclusive with ``at_fraction``).
         at_fraction: position as a fraction of the run's sample count, in [0, 1].
         interpolation: how the weights move from this knot to the next one (``linear``,
@@ -72,6 +76,7 @@ class Knot:
     at: float | None = None
     at_fraction: float | None = None
     interpolation: str = "linear"
+    given_weights: tuple[float, ...] = field(default=(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if (self.at is None) == (self.at_fraction is None):
@@ -98,6 +103,7 @@ class Knot:
             raise ScheduleError(f"all weights are zero in knot at {self.position_text}")
         # Same arithmetic as megatron-core's utils.normalize, so a constant schedule hands the
         # C++ builder bit-identical weights to the ones megatron-core would use.
+        object.__setattr__(self, "given_weights", tuple(w.tolist()))
         object.__setattr__(self, "weights", tuple((w / total).tolist()))
 
     @property
@@ -154,7 +160,7 @@ class Schedule:
                 for j, k in enumerate(self.knots)
                 if getattr(k, unit) is not None
             ]
-            for (j0, p0), (j1, p1) in zip(pos, pos[1:]):
+            for (j0, p0), (j1, p1) in itertools.pairwise(pos):
                 if not p1 > p0:
                     raise ScheduleError(
                         f"{where}knots not increasing: knots[{j1}].{unit}={p1:g} <= "
@@ -266,10 +272,10 @@ class Schedule:
 
     # ----------------------------------------------------------------------------- identity
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serializable form: the YAML format, resolved prefixes, normalized weights."""
+        """JSON-serializable form: the YAML format, resolved prefixes, weights as given."""
         knots = []
         for k in self.knots:
-            d: dict[str, Any] = {"weights": dict(zip(self.names, k.weights))}
+            d: dict[str, Any] = {"weights": dict(zip(self.names, k.given_weights))}
             d.update({"at": k.at} if k.at is not None else {"at_fraction": k.at_fraction})
             d["interpolation"] = k.interpolation
             knots.append(d)
@@ -288,8 +294,8 @@ class Schedule:
         d = self.to_dict()
         del d["sources"]
         d["names"] = list(self.names)
-        for k in d["knots"]:
-            k["weights"] = [repr(float(v)) for v in k["weights"].values()]
+        for k, knot in zip(d["knots"], self.knots):
+            k["weights"] = [repr(v) for v in knot.weights]
             for key in ("at", "at_fraction"):
                 if key in k:
                     k[key] = repr(float(k[key]))
@@ -314,7 +320,11 @@ class Schedule:
             data_root: overrides ``d['data_root']``; relative to the current directory.
             origin: file name for error messages.
         """
-        return _from_mapping(d, base_dir=base_dir, data_root=data_root, origin=origin)
+        from chatflow.data.schedule_file import (
+            schedule_from_mapping,  # the file format's own module
+        )
+
+        return schedule_from_mapping(d, base_dir=base_dir, data_root=data_root, origin=origin)
 
     @classmethod
     def from_yaml(cls, path: str, *, data_root: str | None = None) -> Schedule:
@@ -333,7 +343,9 @@ class Schedule:
         except yaml.YAMLError as e:
             raise ScheduleError(f"{path}: invalid YAML: {e}") from None
         base = os.path.dirname(os.path.abspath(path))
-        return _from_mapping(doc, base_dir=base, data_root=data_root, origin=path)
+        from chatflow.data.schedule_file import schedule_from_mapping
+
+        return schedule_from_mapping(doc, base_dir=base, data_root=data_root, origin=path)
 
     @classmethod
     def from_data_path(cls, data_path: Sequence[str]) -> Schedule:
@@ -385,80 +397,3 @@ def _check_num_samples(num_samples: int) -> None:
         or num_samples < 0
     ):
         raise ScheduleError(f"num_samples must be an integer >= 0, got {num_samples!r}")
-
-
-_TOP_KEYS = {"data_root", "interpolation", "sources", "knots"}
-_KNOT_KEYS = {"at", "at_fraction", "weights", "interpolation"}
-
-
-def _from_mapping(doc: Any, *, base_dir: str, data_root: str | None, origin: str) -> Schedule:
-    """Parse the YAML document structure into a :class:`Schedule`, naming fields in errors."""
-    where = f"{origin}: " if origin else ""
-
-    def fail(msg: str) -> ScheduleError:
-        return ScheduleError(where + msg)
-
-    if not isinstance(doc, Mapping):
-        raise fail("expected a mapping with 'sources' and 'knots'")
-    unknown = set(doc) - _TOP_KEYS
-    if unknown:
-        raise fail(f"unknown field(s) {sorted(unknown)}; expected {sorted(_TOP_KEYS)}")
-    if data_root is not None:
-        root = os.path.abspath(data_root)
-    elif doc.get("data_root") is not None:
-        if not isinstance(doc["data_root"], str):
-            raise fail("field 'data_root' must be a string")
-        root = os.path.normpath(os.path.join(base_dir, doc["data_root"]))
-    else:
-        root = base_dir
-    default_interp = doc.get("interpolation", "linear")
-
-    raw_sources = doc.get("sources")
-    if not isinstance(raw_sources, list) or not raw_sources:
-        raise fail("field 'sources' must be a non-empty list of {name, prefix}")
-    sources = []
-    for i, s in enumerate(raw_sources):
-        if not isinstance(s, Mapping) or set(s) != {"name", "prefix"}:
-            raise fail(f"sources[{i}] must have exactly the fields 'name' and 'prefix'")
-        if not isinstance(s["prefix"], str) or not s["prefix"]:
-            raise fail(f"sources[{i}].prefix must be a non-empty string")
-        try:
-            sources.append(Source(str(s["name"]), os.path.join(root, s["prefix"])))
-        except ScheduleError as e:
-            raise fail(f"sources[{i}]: {e}") from None
-    names = [s.name for s in sources]
-
-    raw_knots = doc.get("knots")
-    if not isinstance(raw_knots, list) or not raw_knots:
-        raise fail("field 'knots' must be a non-empty list")
-    knots = []
-    for j, k in enumerate(raw_knots):
-        if not isinstance(k, Mapping):
-            raise fail(f"knots[{j}] must be a mapping")
-        unknown = set(k) - _KNOT_KEYS
-        if unknown:
-            raise fail(
-                f"knots[{j}]: unknown field(s) {sorted(unknown)}; expected {sorted(_KNOT_KEYS)}"
-            )
-        w = k.get("weights")
-        if not isinstance(w, Mapping) or not w:
-            raise fail(f"knots[{j}].weights must be a mapping {{source name: weight}}")
-        for name, v in w.items():
-            if name not in names:
-                raise fail(f"knots[{j}].weights: unknown source name {name!r}; known: {names}")
-            if not _is_number(v):
-                raise fail(f"knots[{j}].weights.{name}: expected a number, got {v!r}")
-        # Sources a knot leaves out weigh 0 there: knots list only the sources that matter.
-        weights = tuple(float(w.get(n, 0.0)) for n in names)
-        try:
-            knots.append(
-                Knot(
-                    weights=weights,
-                    at=k.get("at"),
-                    at_fraction=k.get("at_fraction"),
-                    interpolation=k.get("interpolation", default_interp),
-                )
-            )
-        except ScheduleError as e:
-            raise fail(f"knots[{j}]: {e}") from None
-    return Schedule(tuple(sources), tuple(knots), origin=origin)
