@@ -165,6 +165,7 @@ def save_checkpoint(
     optimizer: Any,
     scheduler: Any,
     train_state: Dict[str, Any],
+    vocab_size: Optional[int] = None,
 ) -> str:
     """Save a complete checkpoint of ``iteration`` under ``cfg.save``; returns its directory.
 
@@ -175,6 +176,7 @@ def save_checkpoint(
         optimizer: megatron-core optimizer.
         scheduler: ``OptimizerParamScheduler`` (its ``state_dict()`` is stored as common state).
         train_state: picklable dict identical on all ranks (consumed samples, data resume state).
+        vocab_size: the unpadded vocabulary size, recorded for the load-time check.
     """
     assert cfg.save is not None, "save_checkpoint needs --save"
     rank = torch.distributed.get_rank()
@@ -194,6 +196,8 @@ def save_checkpoint(
     state["scheduler"] = scheduler.state_dict()
     state["layout"] = _layout()
     state["precision"] = _precision(model)
+    if vocab_size is not None:
+        state["vocab_size"] = vocab_size
     dist_checkpointing.save(
         state,
         tmp,
@@ -236,12 +240,17 @@ def load_checkpoint(
     model: List[torch.nn.Module],
     optimizer: Any,
     scheduler: Any,
+    vocab_size: Optional[int] = None,
 ) -> Optional[Dict[str, Any]]:
     """Restore the newest complete checkpoint into model/optimizer/scheduler.
 
     Where from: the ``--save`` directory if it already holds a checkpoint (a restarted job
     resumes itself, so a re-submitted ``--finetune`` command does not start over), else
     ``--load`` (a full resume, or weights only with ``--finetune``), else nothing.
+
+    Args:
+        vocab_size: this run's (unpadded) vocabulary size; a checkpoint that recorded another one
+            is refused (megatron-core would silently drop or zero-fill embedding rows).
 
     Returns:
         None if there is nothing to load (a fresh run). Otherwise a dict with ``iteration`` and
@@ -260,6 +269,18 @@ def load_checkpoint(
         return None
     path = os.path.join(ckpt_root, checkpoint_dir_name(iteration))
     common = dist_checkpointing.load_common_state_dict(path)
+    if common.get("weights_only") and not finetune:
+        raise ValueError(
+            f"{path}: a weights-only checkpoint (e.g. converted from HF) has no optimizer or "
+            "training state: load it with --finetune"
+        )
+    saved_vocab = common.get("vocab_size")
+    if vocab_size is not None and saved_vocab is not None and saved_vocab != vocab_size:
+        raise ValueError(
+            f"{path}: saved with a vocabulary of {saved_vocab} tokens, this run's tokenizer has "
+            f"{vocab_size}: use the matching --tokenizer-model (or expand the checkpoint with "
+            "tools/expand_vocab.py)"
+        )
     saved_layout, layout = common.get("layout", {}), _layout()
     load_optim = not (finetune or cfg.no_load_optim)
     # RNG streams only continue meaningfully in the same layout; elsewhere keep the fresh seeds.

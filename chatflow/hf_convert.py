@@ -155,7 +155,9 @@ def hf_config_to_model_config(hf_config: Any, **overrides: Any) -> ModelConfig:
         attention_dropout=float(getattr(hf_config, "attention_dropout", 0.0) or 0.0),
     )
     values.update(overrides)
-    return ModelConfig(**values)
+    cfg = ModelConfig(**values)
+    logger.info("HF LlamaConfig -> %s", cfg)
+    return cfg
 
 
 def model_config_to_hf_config(cfg: ModelConfig, template: Any = None) -> Any:

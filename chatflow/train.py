@@ -157,7 +157,9 @@ def train(job: JobConfig) -> List[Dict[str, Any]]:
     chunks = build_model_chunks(job.model, job.parallel, bf16=job.optim.bf16)
     optimizer = build_optimizer(chunks, job.optim, job.parallel)
     scheduler = build_scheduler(optimizer, job.optim, num_samples)
-    loaded = ckpt.load_checkpoint(job.checkpoint, chunks, optimizer, scheduler)
+    loaded = ckpt.load_checkpoint(
+        job.checkpoint, chunks, optimizer, scheduler, vocab_size=job.model.vocab_size
+    )
     iteration, train_state = (loaded["iteration"], loaded["train_state"]) if loaded else (0, None)
     consumed = train_state["consumed_samples"] if train_state else 0
     if iteration >= tc.train_iters:
@@ -231,7 +233,10 @@ def train(job: JobConfig) -> List[Dict[str, Any]]:
                 "consumed_samples": consumed,
                 "data_state": DataState.capture(dataset, consumed).to_dict(),
             }
-            ckpt.save_checkpoint(job.checkpoint, iteration, chunks, optimizer, scheduler, state)
+            ckpt.save_checkpoint(
+                job.checkpoint, iteration, chunks, optimizer, scheduler, state,
+                vocab_size=job.model.vocab_size,
+            )
         paused += time.perf_counter() - pause_start
         if stop:
             logger.info("stopping at iteration %d", iteration)

@@ -190,8 +190,17 @@ def _forward(ckpt: str, tp: int, tokens: torch.Tensor) -> dict:
         optim = OptimizerConfig(lr=1e-3, min_lr=1e-4)
         optimizer = engine.build_optimizer(chunks, optim, par)
         scheduler = engine.build_scheduler(optimizer, optim, train_samples=10)
+        # A converted checkpoint holds weights only, and its vocabulary must match the run's.
+        with pytest.raises(ValueError, match="weights-only checkpoint"):
+            checkpointing.load_checkpoint(CheckpointConfig(load=ckpt), chunks, optimizer, scheduler)
+        with pytest.raises(ValueError, match=f"vocabulary of {VOCAB} tokens"):
+            checkpointing.load_checkpoint(
+                CheckpointConfig(load=ckpt, finetune=True), chunks, optimizer, scheduler,
+                vocab_size=VOCAB + 1,
+            )
         result = checkpointing.load_checkpoint(
-            CheckpointConfig(load=ckpt, finetune=True), chunks, optimizer, scheduler
+            CheckpointConfig(load=ckpt, finetune=True), chunks, optimizer, scheduler,
+            vocab_size=VOCAB,
         )
         assert result == {"iteration": 0, "train_state": None}
         model = unwrap(chunks[0]).eval()

@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from chatflow import hf_convert
 from chatflow.config.model import ModelConfig
+from chatflow.fileio import atomic_write, fsync_dir
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 MODEL_CONFIG_FILE = "config.yaml"  # {"model": {...}}: the trainer's config.yaml format
@@ -111,6 +112,7 @@ def _publish(tmp: str, output: str, overwrite: bool) -> None:
         old = f"{output}.old-{os.getpid()}"
         os.replace(output, old)
     os.replace(tmp, output)
+    fsync_dir(os.path.dirname(os.path.abspath(output)))  # make the rename itself durable
     if old:
         shutil.rmtree(old)
 
@@ -158,15 +160,19 @@ def hf_to_mcore(args: argparse.Namespace) -> None:
             "converted_from": os.path.abspath(args.hf_dir),
         }
         print(f"writing dist-checkpoint {ckpt}")
-        dist_checkpointing.save(state, ckpt)
-        with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as fh:
-            yaml.safe_dump({"model": dataclasses.asdict(cfg)}, fh, sort_keys=False)
-        hf_config.to_json_file(os.path.join(tmp, HF_CONFIG_FILE))
+        try:
+            dist_checkpointing.save(state, ckpt)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written checkpoint
+            raise
+        # Small files are fsynced (atomic_write) so that the renamed directory is complete on disk.
+        model_yaml = yaml.safe_dump({"model": dataclasses.asdict(cfg)}, sort_keys=False)
+        atomic_write(os.path.join(tmp, MODEL_CONFIG_FILE), model_yaml)
+        atomic_write(os.path.join(tmp, HF_CONFIG_FILE), hf_config.to_json_string())
         tokenizer = os.path.join(args.hf_dir, "tokenizer.model")
         if os.path.isfile(tokenizer):
             shutil.copy(tokenizer, tmp)
-        with open(os.path.join(tmp, TRACKER_FILE), "w") as fh:
-            fh.write("0\n")
+        atomic_write(os.path.join(tmp, TRACKER_FILE), "0\n")
         _publish(tmp, args.output, args.overwrite)
     finally:
         _teardown()
@@ -208,7 +214,10 @@ def mcore_to_hf(args: argparse.Namespace) -> None:
     gpt = _single_process_model(build_cfg, dtype)
     try:
         loaded = dist_checkpointing.load({"model": gpt.sharded_state_dict()}, ckpt)
-        gpt.load_state_dict(loaded["model"], strict=False)
+        result = gpt.load_state_dict(loaded["model"], strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if missing or result.unexpected_keys:
+            raise KeyError(f"{ckpt}: missing {missing}, unexpected {result.unexpected_keys}")
         del loaded
         hf_state = hf_convert.mcore_to_hf_state_dict(gpt.state_dict(), cfg)
     finally:
