@@ -286,5 +286,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             parallel.destroy()
 
 
-if __name__ == "__main__":  # the dist-checkpoint writer's spawn Manager re-imports __main__
+if __name__ == "__main__":  # guard: DataLoader workers and async checkpoint saves spawn processes
     main()

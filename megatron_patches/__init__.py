@@ -7,7 +7,8 @@ Nothing happens on import. Entry points call :func:`check_version` and :func:`ap
 
 Each patch lives in its own module whose docstring says what it changes, why, for which
 megatron-core version, and when it can be removed. On a machine with CUDA the CPU patches are
-not applied at all (``apply()`` returns an empty list), so GPU runs use unmodified megatron-core.
+not applied at all; GPU runs get only the patches that have nothing to do with the device
+(:data:`ALWAYS_PATCHES`, and :data:`TORCH_ADAM_PATCHES` when TE/apex are missing).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ logger = logging.getLogger(__name__)
 #: The one megatron-core version these patches are written and tested against.
 PINNED_MEGATRON_CORE = "0.16.1"
 
+#: Applied on every machine, CPU and GPU alike (not about the device).
+ALWAYS_PATCHES = ("ckpt_results_queue",)
 #: CPU patches in the order they are applied.
 CPU_PATCHES = ("device_redirect", "param_type", "synchronize", "rng_tracker", "causal_mask")
 #: Applied whenever megatron-core uses torch's Adam fallback (no TE/apex), CPU or GPU.
 TORCH_ADAM_PATCHES = ("distrib_optim_load",)
+_ALL_PATCHES = ALWAYS_PATCHES + CPU_PATCHES + TORCH_ADAM_PATCHES
 
 
 def check_version(installed: Optional[str] = None) -> str:
@@ -75,7 +79,7 @@ def apply(cuda_available: Optional[bool] = None) -> List[str]:
     check_version()
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
-    names = [] if cuda_available else list(CPU_PATCHES)
+    names = list(ALWAYS_PATCHES) + ([] if cuda_available else list(CPU_PATCHES))
     if _module("distrib_optim_load").uses_torch_adam():
         names += list(TORCH_ADAM_PATCHES)
     for name in names:
@@ -94,10 +98,10 @@ def cpu_mode() -> bool:
 
 def revert() -> None:
     """Undoes every applied patch (for tests; training processes never need it)."""
-    for name in reversed(CPU_PATCHES + TORCH_ADAM_PATCHES):
+    for name in reversed(_ALL_PATCHES):
         _module(name).revert()
 
 
 def applied() -> List[str]:
     """Names of the patches currently active."""
-    return [n for n in CPU_PATCHES + TORCH_ADAM_PATCHES if _module(n).is_applied()]
+    return [n for n in _ALL_PATCHES if _module(n).is_applied()]

@@ -12,7 +12,7 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import yaml
@@ -83,12 +83,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(argv: Sequence[str], nproc: int = 2, env: Dict[str, str] = None, timeout: int = 240):
-    """Run ``python -m chatflow.train`` under torchrun; returns (returncode, combined output).
+def torchrun(
+    argv: Sequence[str], nproc: int = 2, env: Dict[str, str] = None, timeout: int = 240
+) -> Tuple[int, str, List[str]]:
+    """Run ``python -m chatflow.train`` under torchrun.
 
-    Output goes to a file, not a pipe: after a SIGKILL, megatron's checkpoint-writer Manager
-    process outlives its rank and would hold a pipe open. Such leftovers are found by a marker
-    in their environment and killed by pid.
+    Returns:
+        (return code, combined output, the job's processes still alive after torchrun exited as
+        ``"pid cmdline"``). The last must be empty, also after a SIGKILLed rank: before
+        ``megatron_patches.ckpt_results_queue``, megatron-core's checkpoint-writer Manager
+        process outlived its rank. Such leftovers are found by a marker in their environment and
+        killed, so that none stays running; output goes to a file, not a pipe, so that a
+        leftover holding it open is reported here instead of hanging the test.
     """
     import tempfile
     import uuid
@@ -103,6 +109,7 @@ def torchrun(argv: Sequence[str], nproc: int = 2, env: Dict[str, str] = None, ti
     marker = uuid.uuid4().hex
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO,
                 "CHATFLOW_TEST_RUN": marker, **(env or {})}  # fmt: skip
+    leftovers = []
     with tempfile.TemporaryFile("w+") as out:
         try:
             code = subprocess.run(
@@ -112,11 +119,12 @@ def torchrun(argv: Sequence[str], nproc: int = 2, env: Dict[str, str] = None, ti
             for proc in psutil.process_iter():
                 try:
                     if proc.environ().get("CHATFLOW_TEST_RUN") == marker:
+                        leftovers.append(f"{proc.pid} {' '.join(proc.cmdline())}")
                         proc.kill()
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     pass
         out.seek(0)
-        return code, out.read()
+        return code, out.read(), leftovers
 
 
 def train_losses(metrics_path: str) -> Dict[int, float]:

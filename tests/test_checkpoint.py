@@ -44,16 +44,18 @@ def runs(tmp_path_factory):
         doc["knots"] = [{"at": 0, "weights": {"en": 0.1, "zh": 0.1, "instruct": 0.8}}]
         yaml.safe_dump(doc, out)
     # Killed mid-save of iteration 4 (shards written, not yet renamed) ...
-    _, out1 = torchrun(crash, env={"CHATFLOW_FAULT_INJECT": "kill_in_save:4"})
+    _, out1, left1 = torchrun(crash, env={"CHATFLOW_FAULT_INJECT": "kill_in_save:4"})
     after_save_kill = (read_tracker(d("crash")), complete_checkpoints(d("crash")),
                        os.path.isdir(os.path.join(d("crash"), "iter_0000004.tmp")))  # fmt: skip
     # ... then resumed from 2, saving 4, and killed in training at iteration 5.
-    _, out2 = torchrun(crash, env={"CHATFLOW_FAULT_INJECT": "kill_at_iter:5"})
+    _, out2, left2 = torchrun(crash, env={"CHATFLOW_FAULT_INJECT": "kill_at_iter:5"})
     after_train_kill = (read_tracker(d("crash")), complete_checkpoints(d("crash")),
                         os.path.isdir(os.path.join(d("crash"), "iter_0000004.tmp")))  # fmt: skip
     # A preemption notice: SIGTERM to rank 0 at step 3 of 6; the job saves 3 and exits cleanly.
     term = trainer_argv(schedule, d("term"), "--exit-signal-handler", "--save-interval", "0")
-    term_code, term_out = torchrun(term, env={"CHATFLOW_FAULT_INJECT": "sigterm_at_iter:3"})
+    term_code, term_out, left3 = torchrun(
+        term, env={"CHATFLOW_FAULT_INJECT": "sigterm_at_iter:3"}
+    )
     phases = [
         # 0: the oracle, 6 uninterrupted steps (DP=2).
         trainer_argv(schedule, d("full"), *COMMON),
@@ -78,7 +80,7 @@ def runs(tmp_path_factory):
     return {
         "root": root, "records": records, "crash_outputs": (out1, out2),
         "after_save_kill": after_save_kill, "after_train_kill": after_train_kill,
-        "term": (term_code, term_out),
+        "term": (term_code, term_out), "leftovers": left1 + left2 + left3,
     }  # fmt: skip
 
 
@@ -141,6 +143,12 @@ def test_sigkill_in_training_and_mid_save_resume_from_last_complete(runs):
     # The metrics file holds one continuous curve: the crashed runs' later records were dropped.
     got = train_losses(os.path.join(save, "metrics.jsonl"))
     assert got == full, f"crashed-and-resumed losses {got} != uninterrupted {full}"
+
+
+def test_killed_runs_leave_no_process(runs):
+    """Nothing a job started outlives it, not even after a SIGKILLed rank (megatron-core's
+    checkpoint-writer Manager did: megatron_patches.ckpt_results_queue)."""
+    assert runs["leftovers"] == []
 
 
 def test_tracker_errors_name_the_file(tmp_path):

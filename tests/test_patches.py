@@ -39,6 +39,7 @@ def test_cuda_machines_get_no_cpu_patches():
     try:
         names = megatron_patches.apply(cuda_available=True)
         assert not set(names) & set(megatron_patches.CPU_PATCHES)
+        assert "ckpt_results_queue" in names  # not a CPU patch: GPU runs need it too
         assert not _torch_mode.is_installed()
         assert megatron_patches.applied() == names
     finally:
@@ -221,3 +222,81 @@ def test_distributed_optimizer_load_fails_without_the_patch(one_process, tmp_pat
             _tiny_run(tmp_path, "fully_reshardable", steps_before=1)
     finally:
         distrib_optim_load.apply()
+
+
+def _checkpoint_round_trip(path, **save_kwargs):
+    """Saves a small sharded state dict with dist_checkpointing, loads it into a differently
+    initialised one and checks they are equal; returns the child processes the save left alive.
+    """
+    import psutil
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    def state(seed):
+        g = torch.Generator().manual_seed(seed)
+        return {
+            "w": ShardedTensor.from_rank_offsets("w", torch.randn(4, 8, generator=g)),
+            "b": ShardedTensor.from_rank_offsets("b", torch.randn(8, generator=g)),
+            "iteration": 3,
+        }
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    request = dist_checkpointing.save(state(0), str(path), **save_kwargs)
+    if request is not None:  # async_sharded_save: the caller runs the request (here, in-process)
+        request.execute_sync()
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    loaded = dist_checkpointing.load(state(1), str(path))
+    expected = state(0)
+    assert loaded["iteration"] == 3
+    for key in ("w", "b"):
+        assert torch.equal(loaded[key], expected[key].data), key
+    return left
+
+
+@pytest.fixture
+def no_upstream_queue():
+    """The test starts and ends without upstream's cached results queue and its Manager."""
+
+    def stop():
+        from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+        results_queue, filesystem_async._results_queue = filesystem_async._results_queue, None
+        if results_queue is not None:
+            results_queue._manager.shutdown()
+
+    stop()
+    yield
+    stop()
+
+
+def test_ckpt_results_queue_sync_save_leaves_no_process(one_process, tmp_path):
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    assert "ckpt_results_queue" in megatron_patches.applied()
+    cached = filesystem_async._results_queue  # None unless an unpatched save ran in this process
+    assert _checkpoint_round_trip(tmp_path) == []  # the forked shard writers were joined
+    assert filesystem_async._results_queue is cached  # the save neither used nor set it
+
+
+def test_ckpt_results_queue_leaves_async_saves_alone(one_process, no_upstream_queue, tmp_path):
+    """An async save may hand its queue to another process: it keeps upstream's Manager queue."""
+    left = _checkpoint_round_trip(tmp_path, async_sharded_save=True)
+    assert left, "expected upstream's Manager process for an async save"
+
+
+def test_ckpt_results_queue_revert_restores_upstream(one_process, no_upstream_queue, tmp_path):
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron.core.dist_checkpointing.strategies.base import AsyncSaveShardedStrategy
+
+    from megatron_patches import ckpt_results_queue
+
+    ckpt_results_queue.apply()  # idempotent
+    ckpt_results_queue.revert()
+    try:
+        assert not ckpt_results_queue.is_applied()
+        assert AsyncSaveShardedStrategy.save.__module__.startswith("megatron.core")
+        left = _checkpoint_round_trip(tmp_path)
+        # upstream: a spawn Manager serving the results queue outlives the save
+        assert left and filesystem_async._results_queue is not None
+    finally:
+        ckpt_results_queue.apply()
