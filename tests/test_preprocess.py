@@ -378,6 +378,27 @@ def _big_instruct(tmp_path, sample_data_dir, copies: int = 60) -> str:
     path.write_bytes(data * copies)
     return str(path)
 
+def _kill_mid_write(input_path: str, out, tokenizer: str) -> None:
+    """Run preprocess_data.py on ``input_path`` and SIGKILL it (and its workers) mid-write."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"),
+           "--input", input_path, "--output-prefix", str(out), "--format", "instruction",
+           "--tokenizer-model", tokenizer, "--workers", "1", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 60
+        while not any(".tmp" in f for f in os.listdir(out.parent)):  # it has started writing
+            assert proc.poll() is None, "finished before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert proc.poll() is None, "finished before it could be killed; use a bigger input"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the tool and its worker processes
+        proc.wait()
+
+
 
 def test_killed_run_leaves_previous_output(tmp_path, sample_data_dir, demo_tokenizer_path):
     out = tmp_path / "out" / "sft"
@@ -399,68 +420,13 @@ def test_killed_run_leaves_previous_output(tmp_path, sample_data_dir, demo_token
         == 0
     )
     before = (_read_all(prefix), _read_all(loss_mask_prefix(prefix)))
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "tools", "preprocess_data.py"),
-        "--input",
-        _big_instruct(tmp_path, sample_data_dir),
-        "--output-prefix",
-        str(out),
-        "--format",
-        "instruction",
-        "--tokenizer-model",
-        demo_tokenizer_path,
-        "--workers",
-        "1",
-        "--no-progress",
-    ]
-    proc = subprocess.Popen(
-        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 60
-        while not any(".tmp" in f for f in os.listdir(out.parent)):  # it has started writing
-            assert proc.poll() is None, "finished before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.02)
-        time.sleep(0.3)
-        assert proc.poll() is None, "finished before it could be killed; use a bigger input"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the tool and its worker processes
-        proc.wait()
+    _kill_mid_write(_big_instruct(tmp_path, sample_data_dir), out, demo_tokenizer_path)
     assert (_read_all(prefix), _read_all(loss_mask_prefix(prefix))) == before
 
 
 def test_killed_first_run_leaves_no_index(tmp_path, sample_data_dir, demo_tokenizer_path):
     out = tmp_path / "first"
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "tools", "preprocess_data.py"),
-        "--input",
-        _big_instruct(tmp_path, sample_data_dir),
-        "--output-prefix",
-        str(out),
-        "--format",
-        "instruction",
-        "--tokenizer-model",
-        demo_tokenizer_path,
-        "--workers",
-        "1",
-        "--no-progress",
-    ]
-    proc = subprocess.Popen(
-        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 60
-        while not any(".tmp" in f for f in os.listdir(tmp_path)):
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.02)
-        time.sleep(0.2)
-        assert proc.poll() is None, "finished before it could be killed; use a bigger input"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    _kill_mid_write(_big_instruct(tmp_path, sample_data_dir), out, demo_tokenizer_path)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".idx")]
     for p in (
         str(out) + "_instruction_document",
