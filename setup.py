@@ -17,7 +17,8 @@ ext_modules = [
         cxx_std=17,
         # -ffp-contract=off: no FMA contraction, so the blending arithmetic matches the pure-Python
         # reference (and megatron-core) bit for bit on every target.
-        extra_compile_args=["-O3", "-ffp-contract=off"],
+        extra_compile_args=["-O3", "-ffp-contract=off", "-pthread"],
+        extra_link_args=["-pthread"],  # std::thread in the fast blending builder
     )
 ]
 

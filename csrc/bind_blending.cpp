@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -17,8 +18,8 @@ namespace {
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
-using Builder = void (*)(const chatflow::SegmentTable&, int64_t, int64_t, const int64_t*,
-                         const double*, int16_t*, int64_t*);
+using Builder = std::function<void(const chatflow::SegmentTable&, int64_t, int64_t,
+                                   const int64_t*, const double*, int16_t*, int64_t*)>;
 
 void check_size(const py::array& x, int64_t expected, const char* name) {
   if (x.size() != expected) {
@@ -43,7 +44,7 @@ py::array_t<T> checked_output(const py::object& obj, int64_t n) {
   return arr;
 }
 
-py::tuple build(Builder builder, CArray<double> t0, CArray<double> t1, CArray<int8_t> kind,
+py::tuple build(const Builder& builder, CArray<double> t0, CArray<double> t1, CArray<int8_t> kind,
                 CArray<double> base, CArray<double> a, CArray<double> d, int64_t start, int64_t end,
                 CArray<int64_t> initial_counts, CArray<double> offset, py::object out_index,
                 py::object out_sample) {
@@ -82,6 +83,8 @@ py::tuple build(Builder builder, CArray<double> t0, CArray<double> t1, CArray<in
 void bind_blending(py::module_& m) {
   m.attr("BLEND_ANCHOR_EVERY") = chatflow::kAnchorEvery;
   m.attr("BLEND_WINDOW") = chatflow::kWindow;
+  m.def("blend_fast_fallbacks", &chatflow::fast_builder_fallbacks,
+        "multi-thread fast builds rebuilt on one thread after a failed chunk check (expect 0)");
   const char* doc =
       "(t0, t1, kind, base, a, d, start, end, initial_counts, offset, out_index=None, "
       "out_sample=None) -> (int16[end-start], int64[end-start]); segment table as in "
@@ -103,11 +106,19 @@ void bind_blending(py::module_& m) {
       [](CArray<double> t0, CArray<double> t1, CArray<int8_t> kind, CArray<double> base,
          CArray<double> a, CArray<double> d, int64_t start, int64_t end,
          CArray<int64_t> initial_counts, CArray<double> offset, py::object out_index,
-         py::object out_sample) {
-        return build(chatflow::build_blending_fast, t0, t1, kind, base, a, d, start, end,
-                     initial_counts, offset, out_index, out_sample);
+         py::object out_sample, int num_threads) {
+        if (num_threads < 1) throw std::invalid_argument("blending: num_threads must be >= 1");
+        auto fast = [num_threads](const chatflow::SegmentTable& t, int64_t s, int64_t e,
+                                  const int64_t* c, const double* o, int16_t* di, int64_t* dsi) {
+          chatflow::build_blending_fast(t, s, e, c, o, di, dsi, num_threads);
+        };
+        return build(fast, t0, t1, kind, base, a, d, start, end, initial_counts, offset,
+                     out_index, out_sample);
       },
       py::arg("t0"), py::arg("t1"), py::arg("kind"), py::arg("base"), py::arg("a"), py::arg("d"),
       py::arg("start"), py::arg("end"), py::arg("initial_counts"), py::arg("offset"),
-      py::arg("out_index") = py::none(), py::arg("out_sample") = py::none(), doc);
+      py::arg("out_index") = py::none(), py::arg("out_sample") = py::none(),
+      py::arg("num_threads") = 1,
+      "(..., out_sample=None, num_threads=1): as build_blending_exact; num_threads > 1 builds "
+      "position chunks in parallel, with output identical to num_threads=1");
 }

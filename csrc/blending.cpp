@@ -1,4 +1,5 @@
-// Exact and fast blending-index builders; see blending.h for the model and the guarantees.
+// Exact blending-index builder, and the segment constants it shares with the fast builder
+// (blending_fast.cpp); see blending.h for the model and the guarantees.
 //
 // Floating point: the exact builder must reproduce megatron-core's comparisons bit for bit on a
 // constant schedule, and tests/reference_blending.py reproduces every operation of this file in
@@ -16,28 +17,10 @@
 #include <vector>
 
 namespace chatflow {
-namespace {
-
-constexpr double kPi = 3.141592653589793;
-constexpr double kInf = std::numeric_limits<double>::infinity();
-// Fast builder: bucket-sort buckets per position (a power of 2).
-constexpr int64_t kBucketsPerPosition = 2;
-// The exact builder's argmax: one branch-free pass up to kScanBranchless sources, one branchy
-// pass up to kScanDirectly, two passes beyond (see argmax_deficit). Tuned on x86-64.
-constexpr int64_t kScanBranchless = 4;
-constexpr int64_t kScanDirectly = 11;
-
-// Constants of one segment that both builders derive from (t0, t1) the same way.
-struct Segment {
-  int8_t kind;
-  double t0, len;
-  double half_inv_len;  // 0.5 / L: linear P(u) = (u * u) * half_inv_len
-  double angle;         // pi / L: cosine phase per sample
-  double amp;           // L / (2 pi): cosine P(u) = u * 0.5 - amp * sin(u * angle)
-  double cos_step, sin_step;
-};
+namespace detail {
 
 Segment make_segment(const SegmentTable& t, int64_t s) {
+  constexpr double kPi = 3.141592653589793;
   Segment g{};
   g.kind = t.kind[s];
   g.t0 = t.t0[s];
@@ -58,6 +41,19 @@ std::vector<Segment> make_segments(const SegmentTable& t) {
   for (int64_t s = 0; s < t.num_segments; ++s) segs.push_back(make_segment(t, s));
   return segs;
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::Segment;
+using detail::make_segments;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+// The exact builder's argmax: one branch-free pass up to kScanBranchless sources, one branchy
+// pass up to kScanDirectly, two passes beyond (see argmax_deficit). Tuned on x86-64.
+constexpr int64_t kScanBranchless = 4;
+constexpr int64_t kScanDirectly = 11;
 
 // ------------------------------------------------------------------------------ exact builder
 struct ExactState {
@@ -262,193 +258,6 @@ void build_blending_exact(const SegmentTable& t, int64_t start, int64_t end,
       default: throw std::invalid_argument("blending: unknown segment kind");
     }
     i = i_hi;
-  }
-}
-
-// ------------------------------------------------------------------------------ fast builder
-namespace {
-
-// u in [0, L] with a*u + d*(u/2 - amp*sin(u*angle)) = delta: Newton safeguarded by bisection.
-double invert_cosine(const Segment& g, double a, double d, double delta) {
-  double lo = 0.0, hi = g.len;
-  const double rate = a + 0.5 * d;  // mean weight over the segment (> 0 here)
-  double u = std::min(std::max(delta / rate, lo), hi);
-  for (int it = 0; it < 100; ++it) {
-    const double f = a * u + d * (u * 0.5 - g.amp * std::sin(u * g.angle)) - delta;
-    if (f == 0.0) break;
-    if (f > 0.0) hi = u; else lo = u;
-    const double fp = a + d * (0.5 - 0.5 * std::cos(u * g.angle));
-    double un = fp > 0.0 ? u - f / fp : 0.5 * (lo + hi);
-    if (!(un > lo && un < hi)) un = 0.5 * (lo + hi);
-    const double step = std::fabs(un - u);
-    u = un;
-    if (step <= 1e-13 * std::max(1.0, u) || hi - lo <= 1e-13 * std::max(1.0, u)) break;
-  }
-  return u;
-}
-
-// Where source k's fast-mode releases currently are: its segment and that segment's constants,
-// so the common case (the next release lies in the same segment) needs no table lookups.
-struct Cursor {
-  int64_t seg = 0;
-  int8_t shape = kConstant;  // kConstant also for linear/cosine segments where d == 0
-  bool last = false;         // last segment: runs to +inf
-  double w_end = 0.0;        // W_k at the segment's end (+inf for a last segment with weight)
-  double base = 0.0, a = 0.0, d = 0.0, t0 = 0.0, len = 0.0, slope2 = 0.0;
-};
-
-// Moves the cursor to the first segment (from its current one) where W_k ends above y; false
-// when W_k never exceeds y.
-bool locate(const SegmentTable& t, const std::vector<Segment>& segs, int64_t k, double y,
-            Cursor& c) {
-  const int64_t K = t.num_sources, S = t.num_segments;
-  int64_t s = c.seg;
-  double w_end;
-  for (;;) {
-    if (s + 1 < S) {
-      w_end = t.base[(s + 1) * K + k];
-    } else {
-      w_end = t.a[s * K + k] > 0.0 ? kInf : t.base[s * K + k];
-    }
-    if (w_end > y) break;
-    if (s + 1 >= S) return false;
-    ++s;
-  }
-  const Segment& g = segs[s];
-  c.seg = s;
-  c.last = s + 1 >= S;
-  c.w_end = w_end;
-  c.base = t.base[s * K + k];
-  c.a = t.a[s * K + k];
-  c.d = t.d[s * K + k];
-  c.t0 = g.t0;
-  c.len = g.len;
-  c.shape = c.d == 0.0 ? static_cast<int8_t>(kConstant) : g.kind;
-  c.slope2 = c.shape == kLinear ? 2.0 * (c.d / g.len) : 0.0;
-  return true;
-}
-
-// Position where W_k first exceeds y (the release of the sample with W'_k = y + offset_k), or
-// +inf when it never does. y only grows per source, so the cursor only moves forward.
-inline double release_position(const SegmentTable& t, const std::vector<Segment>& segs,
-                               int64_t k, double y, Cursor& c) {
-  if (!(y < c.w_end) && !locate(t, segs, k, y, c)) return kInf;
-  const double delta = y - c.base;
-  if (!(delta > 0.0)) return c.t0;
-  double u;
-  if (c.shape == kConstant) {
-    u = delta / c.a;
-  } else if (c.shape == kLinear) {
-    // Root of (d / 2L) u^2 + a u - delta in the form that does not cancel when d < 0.
-    double q = c.a * c.a + c.slope2 * delta;
-    if (q < 0.0) q = 0.0;
-    const double den = c.a + std::sqrt(q);
-    u = den > 0.0 ? 2.0 * delta / den : 0.0;
-  } else {
-    u = invert_cosine(segs[c.seg], c.a, c.d, delta);
-  }
-  if (!c.last) u = std::min(u, c.len);
-  return c.t0 + u;
-}
-
-struct Release {
-  double r;
-  int32_t k;  // source
-  int32_t b;  // bucket within the window
-};
-
-inline bool release_less(const Release& x, const Release& y) {
-  return x.r < y.r || (x.r == y.r && x.k < y.k);
-}
-
-}  // namespace
-
-void build_blending_fast(const SegmentTable& t, int64_t start, int64_t end,
-                         const int64_t* initial_counts, const double* offset,
-                         int16_t* dataset_index, int64_t* dataset_sample_index) {
-  const int64_t K = t.num_sources;
-  const int64_t n = end - start;
-  const double x0 = static_cast<double>(start);
-  const std::vector<Segment> segs = make_segments(t);
-  std::vector<int64_t> next_j(initial_counts, initial_counts + K);
-  std::vector<Cursor> cursor(K);
-  for (int64_t k = 0; k < K; ++k) locate(t, segs, k, -kInf, cursor[k]);
-  // Samples of one source leave in the order they were released, so the emitted sample index is
-  // a per-source counter (ties of equal (r, k) cannot reorder them).
-  std::vector<int64_t> emitted(initial_counts, initial_counts + K);
-  std::vector<double> next_r(K);
-  // Releases before `start` keep their true positions (not clamped), so a resumed build orders
-  // overdue samples exactly as the uninterrupted build would.
-  for (int64_t k = 0; k < K; ++k) {
-    const double y = static_cast<double>(next_j[k]) - offset[k];
-    next_r[k] = release_position(t, segs, k, y, cursor[k]);
-  }
-
-  // Window width: a few times K so the per-window scan over sources stays cheap, and small
-  // enough (>= kWindow) that the bucket counters stay in cache. kBucketsPerPosition buckets per
-  // position make two releases rarely share a bucket, so the final insertion pass rarely moves
-  // anything and its branch predicts well.
-  int64_t width = kWindow;
-  while (width < 4 * K) width *= 2;
-  const int64_t num_buckets = width * kBucketsPerPosition;
-  const double scale = static_cast<double>(kBucketsPerPosition);  // power of 2: exact, monotone
-  std::vector<Release> items, sorted;
-  std::vector<int32_t> bucket_start(num_buckets + 1);
-  int64_t out = 0;
-  double lo = x0;
-  while (out < n) {
-    const double hi = lo + static_cast<double>(width);
-    items.clear();
-    std::fill(bucket_start.begin(), bucket_start.end(), 0);
-    for (int64_t k = 0; k < K; ++k) {
-      // Source state in locals: kept in registers instead of round-tripping through memory.
-      double r = next_r[k];
-      if (!(r < hi)) continue;
-      int64_t j = next_j[k];
-      Cursor c = cursor[k];
-      const double off = offset[k];
-      do {
-        // Overdue releases (r < lo, only in a resumed build) share the first bucket.
-        const int32_t b = r > lo ? static_cast<int32_t>((r - lo) * scale) : 0;
-        items.push_back({r, static_cast<int32_t>(k), b});
-        ++bucket_start[b + 1];
-        ++j;
-        // Running max: rounding must never order a source's own samples backwards.
-        r = std::max(r, release_position(t, segs, k, static_cast<double>(j) - off, c));
-      } while (r < hi);
-      next_r[k] = r;
-      next_j[k] = j;
-      cursor[k] = c;
-    }
-    if (items.empty()) {
-      bool any = false;
-      for (int64_t k = 0; k < K; ++k) any = any || next_r[k] < kInf;
-      if (!any) throw std::runtime_error("blending: the schedule stops releasing samples");
-      lo = hi;
-      continue;
-    }
-    // Counting sort on the bucket (monotone in r), then one insertion pass for (r, k) order
-    // inside buckets.
-    for (int64_t b = 0; b < num_buckets; ++b) bucket_start[b + 1] += bucket_start[b];
-    sorted.resize(items.size());
-    for (const Release& it : items) sorted[bucket_start[it.b]++] = it;
-    const int64_t m = static_cast<int64_t>(sorted.size());
-    for (int64_t i = 1; i < m; ++i) {
-      if (!release_less(sorted[i], sorted[i - 1])) continue;
-      const Release x = sorted[i];
-      int64_t j = i;
-      do {
-        sorted[j] = sorted[j - 1];
-        --j;
-      } while (j > 0 && release_less(x, sorted[j - 1]));
-      sorted[j] = x;
-    }
-    for (int64_t i = 0; i < m && out < n; ++i, ++out) {
-      const int32_t k = sorted[i].k;
-      dataset_index[out] = static_cast<int16_t>(k);
-      dataset_sample_index[out] = emitted[k]++;
-    }
-    lo = hi;
   }
 }
 

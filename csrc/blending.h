@@ -23,13 +23,15 @@
 // take the releases in increasing (r, k) order. Releases are generated per source by inverting W_k
 // (closed form for constant and linear segments, safeguarded Newton for cosine) and ordered with a
 // bucket sort over windows of max(kWindow, ~4K) positions: O(N) plus tiny in-bucket sorts, O(K)
-// extra memory.
+// extra memory per thread. Position chunks can be built on several threads with the same output
+// (csrc/blending_fast.cpp).
 //
 // Both modes keep, for every prefix of n positions, count_k(n) <= W'_k(n) + 1 and, when the
 // offsets sum to zero, W'_k(n) - count_k(n) <= K - 1 (see README and tests/test_blending.py).
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace chatflow {
 
@@ -58,8 +60,31 @@ void build_blending_exact(const SegmentTable& table, int64_t start, int64_t end,
                           const int64_t* initial_counts, const double* offset,
                           int16_t* dataset_index, int64_t* dataset_sample_index);
 
+// num_threads > 1 splits the positions into that many chunks built in parallel (fewer when there
+// are few windows); the output is identical for every thread count (see blending_fast.cpp).
 void build_blending_fast(const SegmentTable& table, int64_t start, int64_t end,
                          const int64_t* initial_counts, const double* offset,
-                         int16_t* dataset_index, int64_t* dataset_sample_index);
+                         int16_t* dataset_index, int64_t* dataset_sample_index,
+                         int num_threads = 1);
+
+// How many multi-thread fast builds in this process failed their chunk-boundary check and were
+// rebuilt on one thread (expected: 0; the tests check it).
+int64_t fast_builder_fallbacks();
+
+namespace detail {
+
+// Constants of one segment that both builders derive from (t0, t1) the same way.
+struct Segment {
+  int8_t kind;
+  double t0, len;
+  double half_inv_len;  // 0.5 / L: linear P(u) = (u * u) * half_inv_len
+  double angle;         // pi / L: cosine phase per sample
+  double amp;           // L / (2 pi): cosine P(u) = u * 0.5 - amp * sin(u * angle)
+  double cos_step, sin_step;
+};
+
+std::vector<Segment> make_segments(const SegmentTable& table);
+
+}  // namespace detail
 
 }  // namespace chatflow

@@ -269,3 +269,65 @@ def test_fills_given_output_arrays():
         build_blending_indices(s, 1000, out=(np.zeros(1000, np.int32), out[1]))
     with pytest.raises(ValueError, match="length 1000"):
         build_blending_indices(s, 1000, out=(np.zeros(999, np.int16), out[1]))
+
+
+# ---------------------------------------------------------------------------- fast mode threads
+def _threads_agree(s, n, **kw):
+    """The fast mode's output for 1 thread equals that for several, element for element."""
+    want_di, want_dsi = build_blending_indices(s, n, exact=False, num_threads=1, **kw)
+    fallbacks = _C.blend_fast_fallbacks()
+    for threads in (2, 3, 5, 16):
+        di, dsi = build_blending_indices(s, n, exact=False, num_threads=threads, **kw)
+        np.testing.assert_array_equal(di, want_di, err_msg=f"{threads} threads")
+        np.testing.assert_array_equal(dsi, want_dsi, err_msg=f"{threads} threads")
+    # The chunks really ran in parallel: no boundary check failed into the one-thread rebuild.
+    assert _C.blend_fast_fallbacks() == fallbacks
+    return want_di, want_dsi
+
+
+def test_fast_threads_identical_random_schedules():
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        n = int(rng.integers(3, 12)) * _C.BLEND_WINDOW + int(rng.integers(0, 100))
+        _threads_agree(random_schedule(rng, n, max_k=30), n)
+
+
+def test_fast_threads_identical_with_ties_on_chunk_boundaries():
+    """Dyadic weights release at exact integers, so every window (and chunk) boundary holds a
+    tie of several sources; one source releases every position."""
+    n = 9 * _C.BLEND_WINDOW + 5
+    s = make_schedule([0.5, 0.25, 0.125, 0.125])
+    di, dsi = _threads_agree(s, n)
+    rdi, rdsi = ref_build_fast(segment_table(s, n), 0, n, np.zeros(4, np.int64), np.zeros(4))
+    np.testing.assert_array_equal(di, rdi)
+    np.testing.assert_array_equal(dsi, rdsi)
+    for m in range(1, 10):  # all four sources are due exactly at each window boundary L
+        L = m * _C.BLEND_WINDOW  # releases before L: L/2 + L/4 + L/8 + L/8 = L
+        np.testing.assert_array_equal(di[L : L + 4], [0, 1, 2, 3])
+    _threads_agree(make_schedule([[1.0]]), n)
+    # A linear ramp of dyadic weights: ties at integer positions inside a dynamic segment.
+    _threads_agree(make_schedule([[0.5, 0.5], [0.75, 0.25]], ats=[0, 8 * _C.BLEND_WINDOW]), n)
+
+
+def test_fast_threads_identical_many_sources_and_resume():
+    rng = np.random.default_rng(5)
+    K = 1500  # window grows to 8192 positions
+    s = make_schedule(rng.random((2, K)) + 0.01, ats=[0, 20_000], kinds=["cosine", "linear"])
+    _threads_agree(s, 50_000)
+    # Resumed with a carried deficit: overdue releases before `start` in the first window.
+    s3 = make_schedule([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]], ats=[0, 30_000])
+    carry = np.array([25.5, -20.0, -5.5])
+    _threads_agree(s3, 60_000, start=1234, initial_counts=[700, 400, 100], initial_deficits=carry)
+
+
+def test_fast_num_threads_validation_and_default():
+    from chatflow.data.blending import default_num_threads
+
+    s = make_schedule([0.5, 0.5])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ScheduleError, match="num_threads"):
+            build_blending_indices(s, 100, exact=False, num_threads=bad)
+    assert default_num_threads(1000) == 1  # short builds stay on one thread
+    assert 1 <= default_num_threads(10**9) <= 8
+    di, _ = build_blending_indices(s, 100, exact=True, num_threads=4)  # exact mode ignores it
+    np.testing.assert_array_equal(di, np.arange(100) % 2)

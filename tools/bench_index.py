@@ -7,13 +7,15 @@ For each source count K, on the same N positions:
   (the baseline: all Megatron-LM can do);
 * ``exact dynamic``: ChatFlow's exact mode on a dynamic schedule (random start and end mixes,
   linear ramp to mid-run, then held: the ChatFlow preset's shape);
-* ``fast dynamic``: ChatFlow's fast mode on the same schedule.
+* ``fast dynamic``: ChatFlow's fast mode on the same schedule, on ``--threads`` threads (default:
+  ``default_num_threads``, printed; the output is the same for any thread count).
 
-Reported: wall and CPU time with fresh output arrays (as a real build), CPU time of the builder
-alone on reused, already touched output arrays (``builder-only``), ratios to megatron-core on CPU
-time (steadier than wall time on a shared machine), extra memory
+Reported: wall and process CPU time (all threads) with fresh output arrays (as a real build),
+the same for the builder alone on reused, already touched output arrays (``builder-only``),
+ratios to megatron-core on wall time (the fast mode may use several threads, so a thread's CPU
+time would flatter it; the CPU columns show what the threads cost together), extra memory
 (peak RSS during the call minus RSS before, minus the 10 bytes per position of the two output
-arrays; sampled every 2 ms), and the ratio to megatron-core. With ``--repeat R`` each builder runs
+arrays; sampled every 2 ms). With ``--repeat R`` each builder runs
 R times in turn and the fastest run counts (first-touch page faults of fresh output arrays and
 other tenants of the machine otherwise favour whichever runs second).
 ``--sections dataset`` also runs tools/bench_dataset.py (per-source index build and
@@ -44,7 +46,7 @@ import psutil
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from chatflow.data.blending import build_blending_indices
+from chatflow.data.blending import build_blending_indices, default_num_threads
 from chatflow.data.schedule import Knot, Schedule, Source
 
 
@@ -76,16 +78,15 @@ class PeakRSS:
 
 
 def measure(fn: Callable[[], tuple], n: int) -> tuple[float, float, float]:
-    """(wall s, CPU s of this thread, extra MiB beyond the outputs) of one call.
+    """(wall s, process CPU s, extra MiB beyond the outputs) of one call.
 
-    The builders run in the calling thread, so its CPU time is the builder's: on a shared
-    machine it is steadier than wall time, and the ratios use it.
+    Process CPU time counts every builder thread (and the ~2% of the RSS sampler).
     """
     gc.collect()
     with PeakRSS() as mem:
-        t, c = time.perf_counter(), time.thread_time()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
-        seconds, cpu = time.perf_counter() - t, time.thread_time() - c
+        seconds, cpu = time.perf_counter() - t, time.process_time() - c
     del out
     gc.collect()
     extra = (mem.peak - mem.before - 10 * n) / 2**20
@@ -103,7 +104,12 @@ def dynamic_schedule(K: int, seed: int) -> Schedule:
 
 
 def bench_blending(
-    ks: list[int], n: int, large_k_samples: int, skip_mcore: bool, repeat: int = 1
+    ks: list[int],
+    n: int,
+    large_k_samples: int,
+    skip_mcore: bool,
+    repeat: int = 1,
+    threads: int | None = None,
 ) -> list[dict]:
     from megatron.core.datasets import helpers_cpp
 
@@ -122,8 +128,9 @@ def bench_blending(
         builders["exact dynamic"] = lambda out, s=schedule, nk=nk: build_blending_indices(
             s, nk, True, out=out
         )
-        builders["fast dynamic"] = lambda out, s=schedule, nk=nk: build_blending_indices(
-            s, nk, False, out=out
+        fast_threads = threads if threads is not None else default_num_threads(nk)
+        builders["fast dynamic"] = lambda out, s=schedule, nk=nk, t=fast_threads: (
+            build_blending_indices(s, nk, False, out=out, num_threads=t)
         )
         build_blending_indices(schedule, 1000)  # warm-up: import, page in the extension
         # Builder-only timing reuses these touched buffers: no first-touch page faults, which on
@@ -135,30 +142,31 @@ def bench_blending(
             for mode, fn in builders.items():
                 for store, out in ((fresh, None), (reused, bufs)):
                     r = measure(lambda fn=fn, out=out: fn(out), nk)
-                    if mode not in store or r[1] < store[mode][1]:
+                    if mode not in store or r[0] < store[mode][0]:
                         store[mode] = r
         del bufs
-        base = fresh.get("mcore static", (float("nan"),) * 2)[1]
-        base_reused = reused.get("mcore static", (float("nan"),) * 2)[1]
+        base = fresh.get("mcore static", (float("nan"),) * 2)[0]
+        base_reused = reused.get("mcore static", (float("nan"),) * 2)[0]
         for mode, (sec, cpu, extra) in fresh.items():
-            cpu_b = reused[mode][1]
+            sec_b, cpu_b = reused[mode][:2]
             row = {
                 "K": K,
                 "N": nk,
                 "mode": mode,
+                "threads": fast_threads if mode.startswith("fast") else 1,
                 "wall_s": round(sec, 3),
                 "cpu_s": round(cpu, 3),
-                "cpu_ratio_to_mcore": round(cpu / base, 3),
+                "ratio_to_mcore": round(sec / base, 3),
+                "builder_wall_s": round(sec_b, 3),
                 "builder_cpu_s": round(cpu_b, 3),
-                "builder_ratio_to_mcore": round(cpu_b / base_reused, 3),
+                "builder_ratio_to_mcore": round(sec_b / base_reused, 3),
                 "extra_MiB": round(extra, 1),
             }
             rows.append(row)
             print(
-                f"K={K:>5} N={nk:.0e} {mode:<14} wall {sec:7.2f} s  cpu {cpu:7.2f} s "
-                f"(x{cpu / base:5.3f})  builder-only cpu {cpu_b:7.2f} s "
-                f"(x{cpu_b / base_reused:5.3f})"
-                f"  extra {extra:6.1f} MiB",
+                f"K={K:>5} N={nk:.0e} {mode:<14} T={row['threads']}  fresh wall {sec:6.2f} s "
+                f"cpu {cpu:6.2f} s (x{sec / base:5.3f})  builder-only wall {sec_b:6.2f} s "
+                f"cpu {cpu_b:6.2f} s (x{sec_b / base_reused:5.3f})  extra {extra:6.1f} MiB",
                 flush=True,
             )
     return rows
@@ -190,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset-args", default="", help="arguments passed to bench_dataset.py")
     p.add_argument("--repeat", type=int, default=1, help="runs per builder; the fastest counts")
     p.add_argument("--skip-mcore", action="store_true", help="time ChatFlow's builders only")
+    p.add_argument(
+        "--threads", type=int, default=None, help="fast mode threads (default: automatic)"
+    )
     p.add_argument("--json", default=None, help="also write the blending rows to this JSON file")
     args = p.parse_args(argv)
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         ks = [int(k) for k in args.sources.split(",")]
         large = int(args.large_k_samples) if args.large_k_samples else n
         print(f"blending index: {os.cpu_count()} CPUs, numpy {np.__version__}", flush=True)
-        rows = bench_blending(ks, n, large, args.skip_mcore, args.repeat)
+        rows = bench_blending(ks, n, large, args.skip_mcore, args.repeat, args.threads)
         if args.json:
             out_dir = os.path.dirname(os.path.abspath(args.json))
             fd, tmp = tempfile.mkstemp(prefix=".bench_index.", dir=out_dir)

@@ -9,7 +9,8 @@ table the C++ builders take (``csrc/blending.h``), and calls them. Definitions:
   ``argmax_k W_k(x) - count_k``, ties to the lowest k. On a constant schedule this is
   megatron-core's ``helpers_cpp.build_blending_indices``, element for element.
 * Fast mode: sample j of source k is due where ``W_k`` first exceeds j; positions take samples in
-  due order (ties to the lowest k). O(N + K) per window of positions instead of O(N * K).
+  due order (ties to the lowest k). O(N + K) per window of positions instead of O(N * K), and
+  position chunks build in parallel (``num_threads``) with the same output for any thread count.
 
 Both keep ``count_k(n) <= W_k(n) + 1`` for every prefix of n positions, and ``W_k(n) - count_k(n)
 <= K - 1`` (tests/test_blending.py measures how far inside those bounds real schedules stay).
@@ -18,6 +19,7 @@ Both keep ``count_k(n) <= W_k(n) + 1`` for every prefix of n positions, and ``W_
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +34,10 @@ logger = logging.getLogger(__name__)
 KIND_CONSTANT, KIND_LINEAR, KIND_COSINE = 0, 1, 2
 _KINDS = {"linear": KIND_LINEAR, "cosine": KIND_COSINE, "step": KIND_CONSTANT}
 MAX_SOURCES = 32767  # int16 dataset_index, as in megatron-core
+# Fast mode, num_threads=None: at most this many threads, each with at least _MIN_PER_THREAD
+# positions (below that, starting threads costs more than it saves).
+MAX_AUTO_THREADS = 8
+_MIN_PER_THREAD = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ def build_blending_indices(
     initial_counts: Sequence[int] | None = None,
     initial_deficits: Sequence[float] | None = None,
     out: tuple[np.ndarray, np.ndarray] | None = None,
+    num_threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Build the blending index for positions ``[start, num_samples)`` of a run.
 
@@ -159,6 +166,9 @@ def build_blending_indices(
             :func:`blending_deficits` of the run being continued to reproduce it exactly.
         out: optional ``(int16[N'], int64[N'])`` arrays to fill in place (e.g. reused buffers,
             which avoids first-touch page faults; the benchmark uses it to time the builder).
+        num_threads: fast mode only: threads building position chunks in parallel. The output
+            is identical for every value. None: :func:`default_num_threads` (1 for short runs).
+            The exact mode is sequential and ignores it.
 
     Returns:
         ``(dataset_index int16[N'], dataset_sample_index int64[N'])`` with N' = num_samples -
@@ -187,31 +197,45 @@ def build_blending_indices(
     # carry - (W - counts) so that a carry from blending_deficits gives an offset of exactly 0.
     w_start = table.cumulative(np.array([float(start)]))[0]
     offset = carry - (w_start - counts.astype(np.float64))
+    if num_threads is None:
+        threads = default_num_threads(num_samples - start)
+    elif isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise ScheduleError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    elif num_threads < 1:
+        raise ScheduleError(f"num_threads must be >= 1, got {num_threads}")
+    else:
+        threads = int(num_threads)
     out_index, out_sample = out if out is not None else (None, None)
-    builder = _C.build_blending_exact if exact else _C.build_blending_fast
+    args = (table.t0, table.t1, table.kind, table.base, table.a, table.d, int(start))
+    args += (int(num_samples), counts, offset, out_index, out_sample)
     t_begin = time.perf_counter()
-    dataset_index, dataset_sample_index = builder(
-        table.t0,
-        table.t1,
-        table.kind,
-        table.base,
-        table.a,
-        table.d,
-        int(start),
-        int(num_samples),
-        counts,
-        offset,
-        out_index,
-        out_sample,
-    )
+    if exact:
+        threads = 1
+        dataset_index, dataset_sample_index = _C.build_blending_exact(*args)
+    else:
+        dataset_index, dataset_sample_index = _C.build_blending_fast(*args, num_threads=threads)
     logger.debug(
-        "blending index: %d positions, %d sources, %s mode, %.3f s",
+        "blending index: %d positions, %d sources, %s mode, %d thread(s), %.3f s",
         num_samples - start,
         K,
         "exact" if exact else "fast",
+        threads,
         time.perf_counter() - t_begin,
     )
     return dataset_index, dataset_sample_index
+
+
+def default_num_threads(num_positions: int) -> int:
+    """Threads the fast mode uses by default for ``num_positions`` positions.
+
+    The CPUs this process may run on, at most :data:`MAX_AUTO_THREADS`, and at least
+    ``_MIN_PER_THREAD`` positions per thread.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_AUTO_THREADS, num_positions // _MIN_PER_THREAD))
 
 
 def _vector(v: Sequence | None, k: int, dtype: type, name: str) -> np.ndarray:
