@@ -35,7 +35,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +47,7 @@ sys.path.insert(0, REPO)
 
 from chatflow.data.blending import build_blending_indices, default_num_threads
 from chatflow.data.schedule import Knot, Schedule, Source
+from chatflow.fileio import atomic_write
 
 
 class PeakRSS:
@@ -215,11 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blending index: {os.cpu_count()} CPUs, numpy {np.__version__}", flush=True)
         rows = bench_blending(ks, n, large, args.skip_mcore, args.repeat, args.threads)
         if args.json:
-            out_dir = os.path.dirname(os.path.abspath(args.json))
-            fd, tmp = tempfile.mkstemp(prefix=".bench_index.", dir=out_dir)
-            with os.fdopen(fd, "w") as f:
-                json.dump(rows, f, indent=1)
-            os.replace(tmp, args.json)
+            atomic_write(args.json, json.dumps(rows, indent=1))
     if "dataset" in sections:
         rc = run_dataset_section(args.dataset_args.split())
     return rc

@@ -36,6 +36,7 @@ sys.path.insert(0, ROOT)
 import psutil  # noqa: E402
 
 from chatflow.data.indexed_dataset import IndexedDataset  # noqa: E402
+from chatflow.fileio import atomic_open  # noqa: E402
 
 
 def _load_generator():
@@ -55,8 +56,7 @@ def generate_corpus(path: str, size_mb: float, seed: int) -> tuple[int, int]:
     pool = [gen.paragraph_pair(rng, 2, 6) for _ in range(20000)]
     target = int(size_mb * 1e6)
     written = docs = 0
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         while written < target:
             side = rng.random() < 0.5  # True: Chinese
             sep = "" if side else " "
@@ -65,7 +65,6 @@ def generate_corpus(path: str, size_mb: float, seed: int) -> tuple[int, int]:
             f.write(line)
             written += len(line.encode("utf-8"))
             docs += 1
-    os.replace(tmp, path)
     return docs, written
 
 

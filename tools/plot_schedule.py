@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -30,6 +29,7 @@ import matplotlib.pyplot as plt
 
 from chatflow.data.blending import blending_counts, build_blending_indices
 from chatflow.data.schedule import Schedule
+from chatflow.fileio import atomic_open
 
 
 def realized_mix(
@@ -77,18 +77,11 @@ def plot(
     ax.set_title(f"Data-mix schedule: target vs realized ({mode} blending, {bins} bins)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    out_dir = os.path.dirname(os.path.abspath(output))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".plot_schedule.", suffix=".png", dir=out_dir)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, output)  # atomic: a reader never sees a half-written PNG
+        with atomic_open(output, "wb") as fh:  # a reader never sees a half-written PNG
+            fig.savefig(fh, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return blending_counts(di, schedule.num_sources)
 
 
