@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="validation samples per source (default: one pass)",
     )
-    p.add_argument("--fast-blend", action="store_true", help="O(N log K) blending")
+    p.add_argument("--fast-blend", action="store_true", help="fast O(N) blending mode (for many sources)")
     p.add_argument("--shuffle-block", type=int, default=None)
     p.add_argument(
         "--data-state",

@@ -55,7 +55,7 @@ class BlendedDatasetConfig:
         reset_position_ids: restart position ids after every EOD.
         reset_attention_mask: block attention across EOD (adds ``attention_mask`` to samples).
         eod_mask_loss: no loss where the input token is EOD.
-        exact_blend: exact deficit blending (O(N K)); ``False`` uses the fast O(N log K) mode.
+        exact_blend: exact deficit blending (O(N K)); ``False`` uses the fast O(N) mode (many sources).
         shuffle_block: per-source sample shuffle block (``None``: one epoch of that source).
         use_loss_mask: read ``<prefix>_loss_mask`` shards where they exist.
     """
