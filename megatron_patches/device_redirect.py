@@ -11,8 +11,8 @@ Why
     in ~37 places (RoPE frequencies, TP gather buffers, pipeline receive buffers,
     GlobalMemoryBuffer) and literal ``device="cuda"`` / ``.cuda()`` inside the pipeline schedules,
     the optimizers, grad clipping and the DDP grad buffers. One mode covers them all without
-    touching any megatron-core file; it costs ~3-5% CPU speed (measured, see
-    shared/notes/mcore-on-cpu.md).
+    touching any megatron-core file; it costs ~3-5% CPU speed (measured; see
+    megatron_patches/README.md).
 Version
     megatron-core 0.16.1, torch 2.x CPU builds.
 Removable when
@@ -29,10 +29,6 @@ import torch
 from megatron_patches import _torch_mode
 
 _ORIGINAL_CURRENT_DEVICE: Optional[Callable[[], Any]] = None
-
-
-def _cpu_if_cuda(device: Any) -> Any:
-    return "cpu" if _torch_mode.is_cuda_device(device) else device
 
 
 def _rewrite_device(func, args, kwargs):
