@@ -42,6 +42,7 @@ __all__ = ["INTERPOLATIONS", "MAX_SOURCES", "Knot", "Schedule", "ScheduleError",
 
 MAX_SOURCES = 32767  # dataset_index is int16, as in megatron-core
 
+
 @dataclass(frozen=True)
 class Schedule:
     """Sources and knots of a data-mix schedule; validated on construction.
@@ -265,7 +266,9 @@ class Schedule:
         except yaml.YAMLError as e:
             raise ScheduleError(f"{path}: invalid YAML: {e}") from None
         base = os.path.dirname(os.path.abspath(path))
-        sources, knots = parse_schedule_mapping(doc, base_dir=base, data_root=data_root, origin=path)
+        sources, knots = parse_schedule_mapping(
+            doc, base_dir=base, data_root=data_root, origin=path
+        )
         return cls(sources, knots, origin=path)
 
     @classmethod

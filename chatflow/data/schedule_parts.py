@@ -45,7 +45,7 @@ class Knot:
     Attributes:
         weights: one non-negative weight per source, in source order; normalized on construction.
         given_weights: the weights as given, before normalization. ``to_dict`` saves these, so
-            ``from_dict(to_dict())`` normalizes the same numbers again and rebuilds the same
+            ``Schedule.from_dict(to_dict())`` normalizes the same numbers and rebuilds the same
             floats (normalizing already-normalized weights can move one by an ulp).
         at: position in samples (exclusive with ``at_fraction``).
         at_fraction: position as a fraction of the run's sample count, in [0, 1].
