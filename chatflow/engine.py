@@ -55,10 +55,6 @@ class StepResult:
     data_wait_s: float = 0.0
     """Seconds this rank spent waiting for its data iterator."""
 
-    def source_losses(self) -> torch.Tensor:
-        """Mean loss per source (NaN for sources with no tokens in this batch)."""
-        return self.source_loss_sum / self.source_tokens.where(self.source_tokens > 0, torch.nan)
-
 
 def build_optimizer(
     chunks: List[torch.nn.Module], optim: OptimizerConfig, parallel: ParallelConfig

@@ -59,7 +59,8 @@ def _device_is_cpu(job: JobConfig) -> bool:
 def _build_data(job: JobConfig, schedule, info, consumed: int, data_state: Optional[dict]):
     """The run's dynamic blended dataset and this rank's micro-batch iterator from ``consumed``."""
     from chatflow.data.blended_dataset import BlendedDatasetConfig, DynamicBlendedDataset
-    from chatflow.data.sampler import DataParallelBatchSampler, DataState
+    from chatflow.data.data_state import DataState
+    from chatflow.data.sampler import DataParallelBatchSampler
 
     d = job.data
     cfg = BlendedDatasetConfig(
@@ -227,7 +228,7 @@ def train(job: JobConfig) -> List[Dict[str, Any]]:
         if job.checkpoint.save and (
             (interval and iteration % interval == 0) or stop or iteration == tc.train_iters
         ):
-            from chatflow.data.sampler import DataState
+            from chatflow.data.data_state import DataState
 
             state = {
                 "consumed_samples": consumed,

@@ -16,7 +16,8 @@ import pytest
 from test_blended_dataset import make_shards, ramp_schedule
 
 from chatflow.data.blended_dataset import BlendedDatasetConfig, DynamicBlendedDataset, Segment
-from chatflow.data.sampler import DataParallelBatchSampler, DataState
+from chatflow.data.data_state import DataState
+from chatflow.data.sampler import DataParallelBatchSampler
 from chatflow.data.source_dataset import SourceDataset
 
 

@@ -18,32 +18,21 @@ import dataclasses
 import os
 import types
 import typing
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from chatflow.config.checkpoint import CheckpointConfig
+from chatflow.config.data import DataConfig
+from chatflow.config.logging import LoggingConfig
+from chatflow.config.model import ModelConfig
+from chatflow.config.optim import OptimizerConfig
+from chatflow.config.parallel import ParallelConfig
+from chatflow.config.train import TrainConfig
 from chatflow.fileio import atomic_open
-
-if TYPE_CHECKING:  # the sections import lazily at run time (see _section_classes)
-    from chatflow.config.checkpoint import CheckpointConfig
-    from chatflow.config.data import DataConfig
-    from chatflow.config.logging import LoggingConfig
-    from chatflow.config.model import ModelConfig
-    from chatflow.config.optim import OptimizerConfig
-    from chatflow.config.parallel import ParallelConfig
-    from chatflow.config.train import TrainConfig
 
 
 def _section_classes() -> Dict[str, type]:
-    # Imported here so that `import chatflow.config.cli` stays cheap and order-independent.
-    from chatflow.config.checkpoint import CheckpointConfig
-    from chatflow.config.data import DataConfig
-    from chatflow.config.logging import LoggingConfig
-    from chatflow.config.model import ModelConfig
-    from chatflow.config.optim import OptimizerConfig
-    from chatflow.config.parallel import ParallelConfig
-    from chatflow.config.train import TrainConfig
-
     return {
         "model": ModelConfig,
         "parallel": ParallelConfig,
@@ -216,19 +205,19 @@ def _build_model(cls: type, preset: Optional[str], values: Dict[str, Any], data:
 class JobConfig:
     """All sections of one training job."""
 
-    model: "ModelConfig"
+    model: ModelConfig
     """Architecture (preset) of the LLaMA model."""
-    parallel: "ParallelConfig"
+    parallel: ParallelConfig
     """TP/PP/VPP/DP layout and distributed-optimizer options."""
-    optim: "OptimizerConfig"
+    optim: OptimizerConfig
     """Adam, LR schedule, clipping, bf16."""
-    train: "TrainConfig"
+    train: TrainConfig
     """Batch sizes, run length, seed, evaluation cadence."""
-    data: "DataConfig"
+    data: DataConfig
     """Schedule or shards, tokenizer, validation split."""
-    checkpoint: "CheckpointConfig"
+    checkpoint: CheckpointConfig
     """Save, load, keep-last-K."""
-    logging: "LoggingConfig"
+    logging: LoggingConfig
     """Console, metrics file, wandb."""
 
     def validate(self, world_size: int) -> None:

@@ -9,11 +9,6 @@ from typing import List, Optional
 from chatflow.config._fields import documented, flag
 
 
-def missing_shard_files(prefix: str) -> List[str]:
-    """The files of the Megatron shard ``prefix`` (``.bin`` and ``.idx``) that do not exist."""
-    return [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
-
-
 @documented
 @dataclass
 class DataConfig:
@@ -93,8 +88,12 @@ class DataConfig:
 
     def check_shards(self) -> None:
         """Raise FileNotFoundError naming every missing ``.bin``/``.idx`` of every source."""
+        # lazy, as in schedule(): keeps `import chatflow.config` free of the data package
+        from chatflow.data.indexed_dataset import missing_shard_files
+
         schedule = self.schedule()
-        missing = [f for prefix in schedule.prefixes for f in missing_shard_files(prefix)]
+        # sorted: this message has always named a shard's .bin before its .idx
+        missing = [f for p in schedule.prefixes for f in sorted(missing_shard_files(p))]
         if missing:
             where = f"--data-schedule {self.data_schedule}" if self.data_schedule else "--data-path"
             raise FileNotFoundError(f"{where}: missing shard files: {', '.join(missing)}")

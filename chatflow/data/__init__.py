@@ -23,7 +23,7 @@ _LAZY = {
     "Segment": "chatflow.data.blended_dataset",
     "IndexCache": "chatflow.data.index_cache",
     "DataParallelBatchSampler": "chatflow.data.sampler",
-    "DataState": "chatflow.data.sampler",
+    "DataState": "chatflow.data.data_state",
     "SampleOptions": "chatflow.data.source_dataset",
     "SourceDataset": "chatflow.data.source_dataset",
 }

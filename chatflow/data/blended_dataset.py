@@ -28,6 +28,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from chatflow.data.blending import blending_deficits, build_blending_indices
 from chatflow.data.index_cache import IndexCache, pickle_array, unpickle_array
 from chatflow.data.indexed_dataset import shard_exists
 from chatflow.data.sample_index import count_tokens, split_documents
@@ -173,8 +174,6 @@ def build_segment_blend(
         ``(dataset_index int16[N], dataset_sample_index int64[N])`` with ``N`` the last
         segment's ``num_samples``.
     """
-    from chatflow.data.blending import blending_deficits, build_blending_indices
-
     check_segments(segments)
     names, _ = segment_names(segments)
     gid = {n: i for i, n in enumerate(names)}
@@ -242,7 +241,7 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
     Args:
         config: dataset configuration.
         schedule: a :class:`Schedule` (a fresh run of ``config.num_samples``) or the run's
-            segments (resume; see :class:`chatflow.data.sampler.DataState`). The last segment's
+            segments (resume; see :class:`chatflow.data.data_state.DataState`). The last segment's
             ``num_samples`` must equal ``config.num_samples``.
         cache: index cache; defaults to ``IndexCache(config.cache_dir)``.
     """

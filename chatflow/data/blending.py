@@ -1,7 +1,8 @@
 """The dynamic blending index: which source each global sample position draws from.
 
-This module validates inputs, turns a :class:`~chatflow.data.schedule.Schedule` into the piecewise
-table the C++ builders take (``csrc/blending.h``), and calls them. Definitions:
+This module validates inputs, takes a :class:`~chatflow.data.schedule.Schedule`'s piecewise table
+(:mod:`chatflow.data.segment_table`, the form ``csrc/blending.h`` takes), and calls the C++
+builders. Definitions:
 
 * ``w_k(x)``: source k's normalized scheduled weight at global sample position x.
 * ``W_k(x) = integral_0^x w_k``: the number of samples source k is owed after x positions.
@@ -22,56 +23,20 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from chatflow import _C
-from chatflow.data.schedule import Schedule, ScheduleError, _check_num_samples
+from chatflow.data.schedule import MAX_SOURCES, Schedule
+from chatflow.data.schedule_parts import ScheduleError, check_num_samples
+from chatflow.data.segment_table import SegmentTable
 
 logger = logging.getLogger(__name__)
 
-KIND_CONSTANT, KIND_LINEAR, KIND_COSINE = 0, 1, 2
-_KINDS = {"linear": KIND_LINEAR, "cosine": KIND_COSINE, "step": KIND_CONSTANT}
-MAX_SOURCES = 32767  # int16 dataset_index, as in megatron-core
 # Fast mode, num_threads=None: at most this many threads, each with at least _MIN_PER_THREAD
 # positions (below that, starting threads costs more than it saves).
 MAX_AUTO_THREADS = 8
 _MIN_PER_THREAD = 1 << 22
-
-
-@dataclass(frozen=True)
-class SegmentTable:
-    """Piecewise description of W_k for one run length (see ``csrc/blending.h``).
-
-    Segment s covers ``[t0[s], t1[s])`` (the last one to +inf); in it
-    ``W_k(t0 + u) = base[s,k] + a[s,k] * u + d[s,k] * P_s(u)``.
-    """
-
-    t0: np.ndarray  # float64[S]
-    t1: np.ndarray  # float64[S]
-    kind: np.ndarray  # int8[S]
-    base: np.ndarray  # float64[S, K]
-    a: np.ndarray  # float64[S, K]
-    d: np.ndarray  # float64[S, K]
-
-    @property
-    def num_sources(self) -> int:
-        """K."""
-        return self.base.shape[1]
-
-    def cumulative(self, x: np.ndarray) -> np.ndarray:
-        """W_k(x) for positions x (float64[len]) -> float64[len, K], in closed form."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        s = np.clip(np.searchsorted(self.t0, x, side="right") - 1, 0, len(self.t0) - 1)
-        u = np.maximum(x - self.t0[s], 0.0)[:, None]
-        length = (self.t1 - self.t0)[s][:, None]
-        p = np.zeros_like(u)
-        lin = self.kind[s] == KIND_LINEAR
-        cos = self.kind[s] == KIND_COSINE
-        p[lin] = u[lin] * u[lin] * (0.5 / length[lin])
-        p[cos] = u[cos] * 0.5 - length[cos] / (2 * np.pi) * np.sin(u[cos] * (np.pi / length[cos]))
-        return self.base[s] + self.a[s] * u + self.d[s] * p
 
 
 def segment_table(schedule: Schedule, num_samples: int) -> SegmentTable:
@@ -80,44 +45,7 @@ def segment_table(schedule: Schedule, num_samples: int) -> SegmentTable:
     Adjacent constant pieces with equal weights are merged, so a constant schedule is one segment
     starting at 0 and the exact builder's arithmetic is megatron-core's.
     """
-    t = schedule.knot_positions(num_samples)
-    w = np.array([k.weights for k in schedule.knots], dtype=np.float64)
-    pieces: list[tuple[float, float, int, np.ndarray, np.ndarray]] = []  # t0, t1, kind, a, d
-
-    def add(t0: float, t1: float, kind: int, a: np.ndarray, d: np.ndarray) -> None:
-        if kind != KIND_CONSTANT and not np.any(d):
-            kind = KIND_CONSTANT  # equal weights at both knots: no shape to follow
-        if (
-            kind == KIND_CONSTANT
-            and pieces
-            and pieces[-1][2] == KIND_CONSTANT
-            and np.array_equal(pieces[-1][3], a)
-        ):
-            pieces[-1] = (pieces[-1][0], t1, KIND_CONSTANT, a, pieces[-1][4])
-            return
-        pieces.append((t0, t1, kind, a, d if kind != KIND_CONSTANT else np.zeros_like(a)))
-
-    if t[0] > 0:
-        add(
-            0.0, float(t[0]), KIND_CONSTANT, w[0], np.zeros_like(w[0])
-        )  # held before the first knot
-    for j in range(len(t) - 1):
-        kind = _KINDS[schedule.knots[j].interpolation]
-        add(float(t[j]), float(t[j + 1]), kind, w[j], w[j + 1] - w[j])
-    add(float(t[-1]), np.inf, KIND_CONSTANT, w[-1], np.zeros_like(w[-1]))
-
-    t0 = np.array([p[0] for p in pieces], dtype=np.float64)
-    t1 = np.array([p[1] for p in pieces], dtype=np.float64)
-    kind = np.array([p[2] for p in pieces], dtype=np.int8)
-    a = np.array([p[3] for p in pieces], dtype=np.float64)
-    d = np.array([p[4] for p in pieces], dtype=np.float64)
-    base = np.zeros_like(a)
-    for s in range(len(pieces) - 1):
-        length = t1[s] - t0[s]
-        # Integral over the whole segment: both linear and cosine shapes average 1/2.
-        inc = length * a[s] if kind[s] == KIND_CONSTANT else length * (a[s] + 0.5 * d[s])
-        base[s + 1] = base[s] + inc
-    return SegmentTable(t0, t1, kind, base, a, d)
+    return schedule.segment_table(num_samples)
 
 
 def blending_deficits(
@@ -174,7 +102,7 @@ def build_blending_indices(
         ``(dataset_index int16[N'], dataset_sample_index int64[N'])`` with N' = num_samples -
         start: source id and sample index within that source for each position.
     """
-    _check_num_samples(num_samples)
+    check_num_samples(num_samples)
     K = schedule.num_sources
     if K > MAX_SOURCES:
         raise ScheduleError(f"{K} sources; the int16 dataset index holds at most {MAX_SOURCES}")

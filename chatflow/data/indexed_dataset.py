@@ -55,9 +55,25 @@ def bin_path(prefix: str) -> str:
     return prefix + ".bin"
 
 
+def missing_shard_files(prefix: str) -> list[str]:
+    """The files of the shard ``prefix`` that do not exist: its ``.idx``, then its ``.bin``.
+
+    The one missing-shard check: the reader, the schedule and the config all report from it.
+    """
+    return [path for path in (idx_path(prefix), bin_path(prefix)) if not os.path.isfile(path)]
+
+
 def shard_exists(prefix: str) -> bool:
     """True when both files of a shard are present."""
-    return os.path.isfile(idx_path(prefix)) and os.path.isfile(bin_path(prefix))
+    return not missing_shard_files(prefix)
+
+
+def check_shard_exists(prefix: str) -> None:
+    """Raise :class:`IndexedDatasetError` naming the first missing file of the shard ``prefix``."""
+    missing = missing_shard_files(prefix)
+    if missing:
+        what = "index" if missing[0] == idx_path(prefix) else "data"
+        raise IndexedDatasetError(f"{missing[0]}: {what} file not found")
 
 
 class IndexedDataset:
@@ -72,9 +88,8 @@ class IndexedDataset:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        check_shard_exists(prefix)
         path = idx_path(prefix)
-        if not os.path.isfile(path):
-            raise IndexedDatasetError(f"{path}: index file not found")
         size = os.path.getsize(path)
         if size < _HEADER.size:
             raise IndexedDatasetError(
@@ -111,8 +126,6 @@ class IndexedDataset:
             )
 
         data = bin_path(prefix)
-        if not os.path.isfile(data):
-            raise IndexedDatasetError(f"{data}: data file not found")
         nbytes = os.path.getsize(data)
         need = (
             int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize

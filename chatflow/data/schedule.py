@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,92 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from chatflow.data.indexed_dataset import bin_path, idx_path
+from chatflow.data.indexed_dataset import missing_shard_files
+from chatflow.data.schedule_file import parse_schedule_mapping
+from chatflow.data.schedule_parts import (
+    INTERPOLATIONS,
+    Knot,
+    ScheduleError,
+    Source,
+    check_num_samples,
+)
+from chatflow.data.segment_table import SegmentTable, build_segment_table
 
-INTERPOLATIONS = ("linear", "cosine", "step")
-_MAX_SOURCES = 32767  # dataset_index is int16, as in megatron-core
+__all__ = ["INTERPOLATIONS", "MAX_SOURCES", "Knot", "Schedule", "ScheduleError", "Source"]
 
-
-class ScheduleError(ValueError):
-    """An invalid schedule; the message names the file (if any), the field and the problem."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """One data source of the blend.
-
-    Attributes:
-        name: unique identifier used in knots and logs (e.g. ``zh_text``).
-        prefix: Megatron shard prefix (path without ``.bin``/``.idx``).
-    """
-
-    name: str
-    prefix: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ScheduleError(f"source name must be a non-empty string, got {self.name!r}")
-        if not isinstance(self.prefix, str) or not self.prefix:
-            raise ScheduleError(f"source {self.name!r}: prefix must be a non-empty string")
-
-
-@dataclass(frozen=True)
-class Knot:
-    """The source weights at one position of the run.
-
-    Attributes:
-        weights: one non-negative weight per source, in source order; normalized on construction.
-        given_weights: the weights as given, before normalization. ``to_dict`` saves these, so
-            ``from_dict(to_dict())`` normalizes the same numbers again and rebuilds the same
-            floats (normalizing already-normalized weights can move one by an ulp).
-        at: position in samples (exclusive with ``at_fraction``).
-        at_fraction: position as a fraction of the run's sample count, in [0, 1].
-        interpolation: how the weights move from this knot to the next one (``linear``,
-            ``cosine`` or ``step``); ignored on the last knot.
-    """
-
-    weights: tuple[float, ...]
-    at: float | None = None
-    at_fraction: float | None = None
-    interpolation: str = "linear"
-    given_weights: tuple[float, ...] = field(default=(), init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if (self.at is None) == (self.at_fraction is None):
-            raise ScheduleError("knot needs exactly one of 'at' (samples) or 'at_fraction'")
-        if self.at is not None and not (_is_number(self.at) and self.at >= 0):
-            raise ScheduleError(f"knot 'at' must be a finite number >= 0, got {self.at!r}")
-        if self.at_fraction is not None and not (
-            _is_number(self.at_fraction) and 0.0 <= self.at_fraction <= 1.0
-        ):
-            raise ScheduleError(f"knot 'at_fraction' must be in [0, 1], got {self.at_fraction!r}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ScheduleError(
-                f"knot interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
-            )
-        w = np.asarray(self.weights, dtype=np.float64)
-        if w.ndim != 1 or len(w) == 0:
-            raise ScheduleError("knot weights must be a non-empty list")
-        if not np.all(np.isfinite(w)):
-            raise ScheduleError(f"knot weights must be finite, got {list(self.weights)}")
-        if np.any(w < 0):
-            raise ScheduleError(f"negative weight in knot at {self.position_text}: {list(w)}")
-        total = np.sum(w)
-        if not total > 0:
-            raise ScheduleError(f"all weights are zero in knot at {self.position_text}")
-        # Same arithmetic as megatron-core's utils.normalize, so a constant schedule hands the
-        # C++ builder bit-identical weights to the ones megatron-core would use.
-        object.__setattr__(self, "given_weights", tuple(w.tolist()))
-        object.__setattr__(self, "weights", tuple((w / total).tolist()))
-
-    @property
-    def position_text(self) -> str:
-        """Human-readable position for error messages."""
-        return f"{self.at:g} samples" if self.at is not None else f"fraction {self.at_fraction:g}"
-
-    def resolve(self, num_samples: int) -> float:
-        """Position in samples for a run of ``num_samples`` samples."""
-        return float(self.at) if self.at is not None else float(self.at_fraction) * num_samples
+MAX_SOURCES = 32767  # dataset_index is int16, as in megatron-core
 
 
 @dataclass(frozen=True)
@@ -136,9 +63,9 @@ class Schedule:
         where = f"{self.origin}: " if self.origin else ""
         if not self.sources:
             raise ScheduleError(f"{where}schedule needs at least one source")
-        if len(self.sources) > _MAX_SOURCES:
+        if len(self.sources) > MAX_SOURCES:
             raise ScheduleError(
-                f"{where}{len(self.sources)} sources; at most {_MAX_SOURCES} fit the int16 "
+                f"{where}{len(self.sources)} sources; at most {MAX_SOURCES} fit the int16 "
                 "dataset index"
             )
         seen: set[str] = set()
@@ -191,7 +118,7 @@ class Schedule:
     # ----------------------------------------------------------------------------- evaluation
     def knot_positions(self, num_samples: int) -> np.ndarray:
         """Knot positions in samples for a run of ``num_samples``; raises if not increasing."""
-        _check_num_samples(num_samples)
+        check_num_samples(num_samples)
         t = np.array([k.resolve(num_samples) for k in self.knots], dtype=np.float64)
         bad = np.nonzero(np.diff(t) <= 0)[0]
         if len(bad):
@@ -235,6 +162,14 @@ class Schedule:
                 out[m] = w[j] + (w[j + 1] - w[j]) * (0.5 - 0.5 * np.cos(np.pi * s))
         return out
 
+    def segment_table(self, num_samples: int) -> SegmentTable:
+        """The piecewise table of W_k for a run of ``num_samples`` (what the C++ builders take)."""
+        return build_segment_table(
+            self.knot_positions(num_samples),
+            np.array([k.weights for k in self.knots], dtype=np.float64),
+            [k.interpolation for k in self.knots],
+        )
+
     def cumulative_weights(
         self, positions: Sequence[float] | np.ndarray, num_samples: int
     ) -> np.ndarray:
@@ -242,33 +177,22 @@ class Schedule:
 
         This is the number of samples a source is owed after x positions; the blending builders
         compare the realized counts against it. Computed from the same segment table as the C++
-        builders (see :mod:`chatflow.data.blending`).
+        builders (see :meth:`segment_table`).
         """
-        from chatflow.data.blending import segment_table  # local: blending imports this module
-
-        return segment_table(self, num_samples).cumulative(np.asarray(positions, dtype=np.float64))
+        table = self.segment_table(num_samples)
+        return table.cumulative(np.asarray(positions, dtype=np.float64))
 
     # ----------------------------------------------------------------------------- files
     def check_shards(self) -> None:
         """Raise :class:`ScheduleError` naming every source whose ``.bin``/``.idx`` is missing."""
-        missing = []
-        for s in self.sources:
-            for path in (idx_path(s.prefix), bin_path(s.prefix)):
-                if not os.path.isfile(path):
-                    missing.append(f"source {s.name!r}: {path} not found")
+        missing = [
+            f"source {s.name!r}: {path} not found"
+            for s in self.sources
+            for path in missing_shard_files(s.prefix)
+        ]
         if missing:
             where = f"{self.origin}: " if self.origin else ""
             raise ScheduleError(where + "missing shard files: " + "; ".join(missing))
-
-    def with_prefixes(self, prefixes: Mapping[str, str]) -> Schedule:
-        """A copy with some sources' shard prefixes replaced (``{name: prefix}``)."""
-        unknown = set(prefixes) - set(self.names)
-        if unknown:
-            raise ScheduleError(
-                f"unknown source name(s) {sorted(unknown)}; known: {list(self.names)}"
-            )
-        sources = tuple(Source(s.name, prefixes.get(s.name, s.prefix)) for s in self.sources)
-        return Schedule(sources, self.knots, origin=self.origin)
 
     # ----------------------------------------------------------------------------- identity
     def to_dict(self) -> dict[str, Any]:
@@ -320,11 +244,10 @@ class Schedule:
             data_root: overrides ``d['data_root']``; relative to the current directory.
             origin: file name for error messages.
         """
-        from chatflow.data.schedule_file import (
-            schedule_from_mapping,  # the file format's own module
+        sources, knots = parse_schedule_mapping(
+            d, base_dir=base_dir, data_root=data_root, origin=origin
         )
-
-        return schedule_from_mapping(d, base_dir=base_dir, data_root=data_root, origin=origin)
+        return cls(sources, knots, origin=origin)
 
     @classmethod
     def from_yaml(cls, path: str, *, data_root: str | None = None) -> Schedule:
@@ -343,9 +266,10 @@ class Schedule:
         except yaml.YAMLError as e:
             raise ScheduleError(f"{path}: invalid YAML: {e}") from None
         base = os.path.dirname(os.path.abspath(path))
-        from chatflow.data.schedule_file import schedule_from_mapping
-
-        return schedule_from_mapping(doc, base_dir=base, data_root=data_root, origin=path)
+        sources, knots = parse_schedule_mapping(
+            doc, base_dir=base, data_root=data_root, origin=path
+        )
+        return cls(sources, knots, origin=path)
 
     @classmethod
     def from_data_path(cls, data_path: Sequence[str]) -> Schedule:
@@ -380,20 +304,3 @@ class Schedule:
             names.append(base if base not in names else f"{base}#{i}")
         sources = tuple(Source(n, p) for n, p in zip(names, prefixes))
         return cls(sources, (Knot(weights=tuple(weights), at=0),), origin="--data-path")
-
-
-def _is_number(v: Any) -> bool:
-    return (
-        isinstance(v, (int, float, np.integer, np.floating))
-        and not isinstance(v, bool)
-        and math.isfinite(v)
-    )
-
-
-def _check_num_samples(num_samples: int) -> None:
-    if (
-        isinstance(num_samples, bool)
-        or not isinstance(num_samples, (int, np.integer))
-        or num_samples < 0
-    ):
-        raise ScheduleError(f"num_samples must be an integer >= 0, got {num_samples!r}")

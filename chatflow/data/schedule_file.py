@@ -1,4 +1,7 @@
-"""The schedule file format: a parsed YAML mapping -> :class:`~chatflow.data.schedule.Schedule`.
+"""The schedule file format: a parsed YAML mapping -> the sources and knots of a schedule.
+
+:meth:`chatflow.data.schedule.Schedule.from_dict` and ``from_yaml`` call this parser and
+construct the schedule from its result, so this module needs only the schedule's parts.
 
 Every error names the file (``origin``) and the field, e.g.
 ``s.yaml: knots[1].weights: unknown source name 'zh'``. The format is documented in README.
@@ -7,18 +10,23 @@ Every error names the file (``origin``) and the field, e.g.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from chatflow.data.schedule import Knot, Schedule, ScheduleError, Source, _is_number
+from chatflow.data.schedule_parts import Knot, ScheduleError, Source, is_number
 
 _TOP_KEYS = {"data_root", "interpolation", "sources", "knots"}
 _KNOT_KEYS = {"at", "at_fraction", "weights", "interpolation"}
 
 
-def schedule_from_mapping(
+def parse_schedule_mapping(
     doc: Any, *, base_dir: str, data_root: str | None, origin: str
-) -> Schedule:
-    """Parse the YAML document structure into a :class:`Schedule`, naming fields in errors."""
+) -> tuple[tuple[Source, ...], tuple[Knot, ...]]:
+    """Parse the YAML document structure into ``(sources, knots)``, naming fields in errors.
+
+    The schedule-level checks (unique names, increasing knots) run when the caller builds the
+    :class:`~chatflow.data.schedule.Schedule` from the result.
+    """
     where = f"{origin}: " if origin else ""
 
     def fail(msg: str) -> ScheduleError:
@@ -72,7 +80,7 @@ def schedule_from_mapping(
         for name, v in w.items():
             if name not in names:
                 raise fail(f"knots[{j}].weights: unknown source name {name!r}; known: {names}")
-            if not _is_number(v):
+            if not is_number(v):
                 raise fail(f"knots[{j}].weights.{name}: expected a number, got {v!r}")
         # Sources a knot leaves out weigh 0 there: knots list only the sources that matter.
         weights = tuple(float(w.get(n, 0.0)) for n in names)
@@ -87,4 +95,4 @@ def schedule_from_mapping(
             )
         except ScheduleError as e:
             raise fail(f"knots[{j}]: {e}") from None
-    return Schedule(tuple(sources), tuple(knots), origin=origin)
+    return tuple(sources), tuple(knots)
