@@ -10,6 +10,9 @@ Layout of a checkpoint directory::
       latest_checkpointed_iteration.txt "60": the newest complete checkpoint
       metrics.jsonl                     written by the trainer
 
+:class:`SaveCadence` decides when the trainer saves: every ``--save-interval`` steps, when it
+stops early (``--exit-interval``, or SIGTERM with ``--exit-signal-handler``) and at the end.
+
 A save writes everything into ``iter_XXXXXXX.tmp``, waits for all ranks, renames it to
 ``iter_XXXXXXX`` and only then rewrites the tracker (temp file + ``os.replace``). A crash at any
 point therefore leaves the tracker naming a complete checkpoint; stale ``.tmp`` directories are
@@ -26,25 +29,24 @@ import random
 import re
 import shutil
 import signal
-from typing import Any, Dict, List, Optional
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from chatflow import hooks
 from chatflow.config.checkpoint import CheckpointConfig
 from chatflow.fileio import atomic_write, fsync_dir
+from chatflow.model import load_model_state_dict, model_sharded_state_dict, unwrap
 
 logger = logging.getLogger(__name__)
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 _ITER_DIR = re.compile(r"^iter_(\d{7})$")
-
-# Fault injection for the crash tests: "kill_in_save:<iteration>" SIGKILLs rank 0 after the
-# shards of that iteration are written but before the rename, i.e. in the middle of a save;
-# "kill_at_iter:<i>" SIGKILLs it after step i; "sigterm_at_iter:<i>" sends it SIGTERM instead.
-FAULT_ENV = "CHATFLOW_FAULT_INJECT"
 
 
 def checkpoint_dir_name(iteration: int) -> str:
@@ -52,16 +54,7 @@ def checkpoint_dir_name(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
-def maybe_inject_fault(point: str, iteration: int) -> None:
-    """Signal rank 0 if ``$CHATFLOW_FAULT_INJECT`` is ``<point>:<iteration>`` (crash tests)."""
-    spec = os.environ.get(FAULT_ENV)
-    if spec and spec == f"{point}:{iteration}" and torch.distributed.get_rank() == 0:
-        sig = signal.SIGTERM if point.startswith("sigterm") else signal.SIGKILL
-        logger.warning("fault injection: %s at %s, iteration %d", sig.name, point, iteration)
-        os.kill(os.getpid(), sig)
-
-
-def read_tracker(ckpt_dir: str) -> Optional[int]:
+def read_tracker(ckpt_dir: str) -> int | None:
     """Iteration named by ``<ckpt_dir>/latest_checkpointed_iteration.txt``, or None if absent."""
     path = os.path.join(ckpt_dir, TRACKER_FILE)
     if not os.path.isfile(path):
@@ -77,7 +70,7 @@ def read_tracker(ckpt_dir: str) -> Optional[int]:
     return iteration
 
 
-def complete_checkpoints(ckpt_dir: str) -> List[int]:
+def complete_checkpoints(ckpt_dir: str) -> list[int]:
     """Iterations of the complete (renamed) checkpoints in ``ckpt_dir``, ascending."""
     if not os.path.isdir(ckpt_dir):
         return []
@@ -85,14 +78,7 @@ def complete_checkpoints(ckpt_dir: str) -> List[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
-    """The GPTModel inside DDP / Float16Module wrappers (they hold it as ``.module``)."""
-    while hasattr(chunk, "module") and isinstance(chunk.module, torch.nn.Module):
-        chunk = chunk.module
-    return chunk
-
-
-def _layout() -> Dict[str, int]:
+def _layout() -> dict[str, int]:
     return {
         "tp": parallel_state.get_tensor_model_parallel_world_size(),
         "pp": parallel_state.get_pipeline_model_parallel_world_size(),
@@ -101,11 +87,11 @@ def _layout() -> Dict[str, int]:
     }
 
 
-def _precision(model: List[torch.nn.Module]) -> str:
-    return str(next(_unwrap(model[0]).parameters()).dtype).replace("torch.", "")
+def _precision(model: list[torch.nn.Module]) -> str:
+    return str(next(unwrap(model[0]).parameters()).dtype).replace("torch.", "")
 
 
-def _rng_state() -> Dict[str, Any]:
+def _rng_state() -> dict[str, Any]:
     state = {
         "random": random.getstate(),
         "numpy": np.random.get_state(),
@@ -118,7 +104,7 @@ def _rng_state() -> Dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["random"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -134,18 +120,16 @@ def _rng_sharded_object(data: Any) -> ShardedObject:
 
 
 def _sharded_state_dict(
-    model: List[torch.nn.Module],
+    model: list[torch.nn.Module],
     optimizer: Any,
     cfg: CheckpointConfig,
     include_optimizer: bool,
     include_rng: bool,
     is_loading: bool,
-) -> Dict[str, Any]:
-    state: Dict[str, Any] = {}
-    for i, chunk in enumerate(model):
-        # Keys inside are global (layer numbers include the PP/VPP offset), so the nesting
-        # name does not matter for resharding; Megatron uses model / model0, model1, ...
-        state["model" if len(model) == 1 else f"model{i}"] = _unwrap(chunk).sharded_state_dict()
+) -> dict[str, Any]:
+    # Keys inside are global (layer numbers include the PP/VPP offset), so the nesting
+    # name does not matter for resharding; Megatron uses model / model0, model1, ...
+    state: dict[str, Any] = model_sharded_state_dict(model)
     if include_optimizer:
         model_state = {k: v for k, v in state.items() if k.startswith("model")}
         state["optimizer"] = optimizer.sharded_state_dict(
@@ -161,11 +145,11 @@ def _sharded_state_dict(
 def save_checkpoint(
     cfg: CheckpointConfig,
     iteration: int,
-    model: List[torch.nn.Module],
+    model: list[torch.nn.Module],
     optimizer: Any,
     scheduler: Any,
-    train_state: Dict[str, Any],
-    vocab_size: Optional[int] = None,
+    train_state: dict[str, Any],
+    vocab_size: int | None = None,
 ) -> str:
     """Save a complete checkpoint of ``iteration`` under ``cfg.save``; returns its directory.
 
@@ -208,7 +192,7 @@ def save_checkpoint(
         with open(os.path.join(tmp, "data_state.json"), "w") as fh:
             json.dump(train_state["data_state"], fh)
     torch.distributed.barrier()  # every rank's shards are on disk before the rename
-    maybe_inject_fault("kill_in_save", iteration)
+    hooks.on_checkpoint_written(iteration)
     if rank == 0:
         replaced = None
         if os.path.isdir(final):
@@ -237,11 +221,11 @@ def _prune(ckpt_dir: str, keep: int) -> None:
 
 def load_checkpoint(
     cfg: CheckpointConfig,
-    model: List[torch.nn.Module],
+    model: list[torch.nn.Module],
     optimizer: Any,
     scheduler: Any,
-    vocab_size: Optional[int] = None,
-) -> Optional[Dict[str, Any]]:
+    vocab_size: int | None = None,
+) -> dict[str, Any] | None:
     """Restore the newest complete checkpoint into model/optimizer/scheduler.
 
     Where from: the ``--save`` directory if it already holds a checkpoint (a restarted job
@@ -304,8 +288,7 @@ def load_checkpoint(
     state = _sharded_state_dict(model, optimizer, cfg, load_optim, load_rng, is_loading=True)
     loaded = dist_checkpointing.load(state, path)
 
-    for i, chunk in enumerate(model):
-        _unwrap(chunk).load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"])
+    load_model_state_dict(model, loaded)
     if load_optim:
         # Without TE/apex, megatron_patches.distrib_optim_load fixes the Adam step state.
         optimizer.load_state_dict(loaded["optimizer"])
@@ -321,3 +304,73 @@ def load_checkpoint(
     if finetune:
         return {"iteration": 0, "train_state": None}
     return {"iteration": int(loaded["iteration"]), "train_state": loaded["train_state"]}
+
+
+class SigtermFlag:
+    """Records SIGTERM; ranks agree on it through an all-reduce so that all save together."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._got = False
+        signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self._got = True
+
+    def received(self) -> bool:
+        """True on every rank if any rank got SIGTERM (collective: call on all ranks)."""
+        flag = torch.tensor([1.0 if self._got else 0.0], device=self._device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+class StopSignal(Protocol):
+    """What :class:`SaveCadence` asks once per step: did a stop request arrive (e.g. SIGTERM)?"""
+
+    def received(self) -> bool: ...
+
+
+@dataclass
+class SaveCadence:
+    """When the training loop saves a checkpoint and when it stops.
+
+    :meth:`maybe_save` is called on every rank after every step, and once more with
+    ``final=True`` after the loop; it saves every ``interval`` steps, when the run stops early,
+    and at the end, never twice for the same iteration.
+    """
+
+    enabled: bool
+    """Whether there is a ``--save`` directory; without it nothing is saved, stops still apply."""
+    interval: int | None = None
+    """``--save-interval``: save every that many iterations (None or 0: only at stops and end)."""
+    exit_interval: int | None = None
+    """``--exit-interval``: stop (and save) once this iteration is reached."""
+    sigterm: StopSignal | None = None
+    """With ``--exit-signal-handler``: stop (and save) once any rank got SIGTERM."""
+    last_saved: int | None = None
+    """The iteration saved last by this run."""
+
+    def should_stop(self, iteration: int) -> bool:
+        """True once ``iteration`` reaches the exit interval or SIGTERM arrived (collective)."""
+        stop = self.exit_interval is not None and iteration >= self.exit_interval
+        # Asked every step, whatever the exit interval says: it is a collective on all ranks.
+        if self.sigterm is not None and self.sigterm.received():
+            logger.warning("SIGTERM received: saving iteration %d and exiting", iteration)
+            stop = True
+        return stop
+
+    def maybe_save(self, iteration: int, save: Callable[[], Any], final: bool = False) -> bool:
+        """Call ``save()`` if the checkpoint of ``iteration`` is due; True if the loop must stop.
+
+        Args:
+            iteration: the step just completed.
+            save: writes the checkpoint of ``iteration`` (called on every rank, or on none).
+            final: the call after the loop: saves ``iteration`` unless already saved, and
+                checks no stop condition.
+        """
+        stop = False if final else self.should_stop(iteration)
+        due = final or stop or bool(self.interval and iteration % self.interval == 0)
+        if self.enabled and due and iteration != self.last_saved:
+            save()
+            self.last_saved = iteration
+        return stop

@@ -22,9 +22,12 @@ import json
 import logging
 import math
 import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
 
+import numpy as np
 import torch
 
 from chatflow.fileio import atomic_open
@@ -45,7 +48,7 @@ PEAK_TFLOPS_BF16 = {
 }
 
 
-def peak_tflops_for_device(device_name: str) -> Optional[float]:
+def peak_tflops_for_device(device_name: str) -> float | None:
     """Peak dense bf16 TFLOP/s for a device name such as ``NVIDIA H100 80GB HBM3``, else None."""
     name = device_name.upper()
     # Longest key first, so that "A10" does not claim an A100 nor "H20" an H200.
@@ -65,7 +68,7 @@ class StepTiming:
     """Tokens trained per second over all ranks."""
     tflops_per_device: float
     """Achieved model TFLOP/s per device (rank)."""
-    mfu: Optional[float]
+    mfu: float | None
     """Model FLOPs utilization (0..1) if the device peak is known, else None."""
 
 
@@ -74,13 +77,44 @@ def throughput(
     seconds: float,
     flops_per_token: float,
     world_size: int,
-    peak_tflops: Optional[float],
+    peak_tflops: float | None,
 ) -> StepTiming:
     """Tokens/s, TFLOP/s per device and MFU for ``tokens`` trained in ``seconds``."""
     seconds = max(seconds, 1e-9)
     tflops = tokens * flops_per_token / seconds / world_size / 1e12
     mfu = tflops / peak_tflops if peak_tflops else None
     return StepTiming(tokens_per_s=tokens / seconds, tflops_per_device=tflops, mfu=mfu)
+
+
+class IntervalTimer:
+    """Training time of the current logging interval: wall time less the ``paused()`` blocks.
+
+    Throughput and MFU count training only, so the loop runs evaluation and checkpoint saves
+    inside :meth:`paused`. ``clock`` returns seconds (tests pass a fake one).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._start = clock()
+        self._paused = 0.0
+
+    def restart(self) -> None:
+        """Start a new interval now (forgetting the pauses of the previous one)."""
+        self._start = self._clock()
+        self._paused = 0.0
+
+    def elapsed(self) -> float:
+        """Seconds since the interval started, without the time spent paused."""
+        return self._clock() - self._start - self._paused
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The time spent inside this block does not count towards :meth:`elapsed`."""
+        begin = self._clock()
+        try:
+            yield
+        finally:
+            self._paused += self._clock() - begin
 
 
 class SourceStats:
@@ -115,28 +149,26 @@ class SourceStats:
         total = float(self.tokens.sum())
         return float(self.loss_sum.sum()) / total if total > 0 else math.nan
 
-    def per_source_loss(self, names: Sequence[str]) -> Dict[str, Optional[float]]:
+    def per_source_loss(self, names: Sequence[str]) -> dict[str, float | None]:
         """Mean loss per source name; None for sources with no tokens in the interval."""
         return {
             n: (float(self.loss_sum[k] / self.tokens[k]) if self.tokens[k] > 0 else None)
             for k, n in enumerate(names)
         }
 
-    def token_share(self, names: Sequence[str]) -> Dict[str, float]:
+    def token_share(self, names: Sequence[str]) -> dict[str, float]:
         """Fraction of loss tokens per source (the weights that make per-source losses add up)."""
         total = float(self.tokens.sum())
         return {n: (float(self.tokens[k]) / total if total else 0.0) for k, n in enumerate(names)}
 
-    def realized_mix(self, names: Sequence[str]) -> Dict[str, float]:
+    def realized_mix(self, names: Sequence[str]) -> dict[str, float]:
         """Fraction of samples per source in the interval."""
         total = float(self.samples.sum())
         return {n: (float(self.samples[k]) / total if total else 0.0) for k, n in enumerate(names)}
 
 
-def scheduled_mix(schedule, start: int, end: int, num_samples: int) -> Dict[str, float]:
+def scheduled_mix(schedule, start: int, end: int, num_samples: int) -> dict[str, float]:
     """Mean scheduled weight per source over global sample positions [start, end)."""
-    import numpy as np
-
     if end <= start:
         return {n: 0.0 for n in schedule.names}
     # Evaluating at up to 64 evenly spaced positions is exact enough for a log line.
@@ -178,7 +210,7 @@ class MetricsLogger:
                 resume="allow",
             )
 
-    def _emit(self, record: Dict) -> None:
+    def _emit(self, record: dict) -> None:
         self.records.append(record)
         if not self.is_writer:
             return
@@ -203,8 +235,8 @@ class MetricsLogger:
         timing: StepTiming,
         elapsed: float,
         data_wait: float,
-        scheduled: Dict[str, float],
-    ) -> Dict:
+        scheduled: dict[str, float],
+    ) -> dict:
         """Record one training interval (``step`` is the interval's last ``StepResult``)."""
         record = {
             "kind": "train",
@@ -241,7 +273,7 @@ class MetricsLogger:
             )  # fmt: skip
         return record
 
-    def eval_record(self, iteration: int, consumed: int, result: Dict) -> Dict:
+    def eval_record(self, iteration: int, consumed: int, result: dict) -> dict:
         """Record one validation run (``result`` from ``chatflow.train.evaluate``)."""
         record = {"kind": "valid", "iteration": iteration, "consumed_samples": consumed, **result}
         self._emit(record)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.models.gpt import GPTModel, gpt_layer_specs
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import Float16Module
 
 from chatflow.config.model import ModelConfig
 from chatflow.config.parallel import ParallelConfig
@@ -22,6 +26,7 @@ def transformer_engine_available() -> bool:
     if not uses_cuda() or importlib.util.find_spec("transformer_engine") is None:
         return False
     try:
+        # Optional GPU-only dependency: imported only to probe it, on CUDA machines that have it.
         import transformer_engine.pytorch  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - TE import fails many ways (cudnn, ABI): fall back
         logger.warning("TransformerEngine is installed but not importable (%s); local spec", exc)
@@ -44,7 +49,7 @@ def transformer_config(
     model: ModelConfig,
     parallel: ParallelConfig,
     bf16: bool = False,
-    use_te: Optional[bool] = None,
+    use_te: bool | None = None,
 ):
     """Translates the ChatFlow configs into megatron-core's ``TransformerConfig``.
 
@@ -56,8 +61,6 @@ def transformer_config(
         bf16: bf16 parameters/activations (fp32 main weights live in the optimizer).
         use_te: use TransformerEngine fused kernels; None picks them when available.
     """
-    from megatron.core.transformer import TransformerConfig
-
     parallel.validate(model)
     if use_te is None:
         use_te = transformer_engine_available()
@@ -94,8 +97,9 @@ def transformer_config(
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
         sequence_parallel=parallel.sequence_parallel,
         pipeline_dtype=dtype,
-        # gloo has no batched isend/irecv semantics that the interleaved schedule relies on:
-        # with batch_p2p_comm=True it silently produced wrong losses (shared/notes/mcore-on-cpu.md)
+        # Separate sends/receives on CPU and with interleaving: the interleaved (virtual pipeline)
+        # schedule on gloo with batch_p2p_comm=True silently produced wrong losses, gloo lacking
+        # the batched isend/irecv semantics it relies on (see megatron_patches/README.md).
         batch_p2p_comm=cuda and parallel.virtual_pipeline_model_parallel_size is None,
         batch_p2p_sync=cuda,
         # precision
@@ -121,8 +125,6 @@ def transformer_config(
 
 def layer_spec(use_te: bool):
     """TransformerEngine spec (fused norm+linear, fused attention) or megatron-core's local one."""
-    from megatron.core.models.gpt import gpt_layer_specs
-
     if use_te:
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
@@ -132,9 +134,9 @@ def build_model_chunks(
     model: ModelConfig,
     parallel: ParallelConfig,
     bf16: bool = False,
-    use_te: Optional[bool] = None,
+    use_te: bool | None = None,
     wrap_ddp: bool = True,
-) -> List[torch.nn.Module]:
+) -> list[torch.nn.Module]:
     """Builds this rank's GPTModel chunk(s), on its device, wrapped for training.
 
     One chunk per virtual pipeline stage (a single one without interleaving). Needs
@@ -151,11 +153,6 @@ def build_model_chunks(
     Returns:
         The model chunks, in virtual-stage order.
     """
-    from megatron.core import parallel_state
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.transformer.module import Float16Module
-
     if use_te is None:
         use_te = transformer_engine_available()
     config = transformer_config(model, parallel, bf16=bf16, use_te=use_te)
@@ -167,7 +164,7 @@ def build_model_chunks(
             f"the initialised parallel state has {tp}; call chatflow.parallel.initialize first"
         )
     vpp = parallel.virtual_pipeline_model_parallel_size
-    chunks: List[torch.nn.Module] = []
+    chunks: list[torch.nn.Module] = []
     for vp_stage in range(parallel.num_model_chunks):
         stage = vp_stage if vpp is not None else None
         gpt = GPTModel(
@@ -214,8 +211,8 @@ def build_model_chunks(
 
 
 def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
-    """The GPTModel inside DDP / Float16Module wrappers."""
-    while hasattr(chunk, "module"):
+    """The GPTModel inside DDP / Float16Module wrappers (they hold it as ``.module``)."""
+    while isinstance(getattr(chunk, "module", None), torch.nn.Module):
         chunk = chunk.module
     return chunk
 
@@ -225,7 +222,7 @@ def _state_key(index: int, num_chunks: int) -> str:
     return "model" if num_chunks == 1 else f"model{index}"
 
 
-def model_sharded_state_dict(chunks: List[torch.nn.Module]) -> dict:
+def model_sharded_state_dict(chunks: list[torch.nn.Module]) -> dict:
     """Sharded state dict of all chunks for ``dist_checkpointing.save/load``.
 
     Keys are layout-independent (global layer numbers, TP/PP offsets recorded in the shards), so a
@@ -237,7 +234,7 @@ def model_sharded_state_dict(chunks: List[torch.nn.Module]) -> dict:
     }
 
 
-def load_model_state_dict(chunks: List[torch.nn.Module], state: dict, strict: bool = True) -> None:
+def load_model_state_dict(chunks: list[torch.nn.Module], state: dict, strict: bool = True) -> None:
     """Loads what ``dist_checkpointing.load(model_sharded_state_dict(chunks), dir)`` returned."""
     for i, chunk in enumerate(chunks):
         unwrap(chunk).load_state_dict(state[_state_key(i, len(chunks))], strict=strict)

@@ -16,14 +16,28 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import time
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any
 
 import torch
 
-from chatflow.config.cli import JobConfig, dump_config, parse_config
+import megatron_patches
+from chatflow import hooks, parallel
+from chatflow.config.cli import ConfigError, JobConfig, dump_config, parse_config
+from chatflow.data.blended_dataset import BlendedDatasetConfig, DynamicBlendedDataset
+from chatflow.data.data_state import DataState
+from chatflow.data.sampler import DataParallelBatchSampler
+from chatflow.engine import build_optimizer, build_scheduler, eval_step, train_step
+from chatflow.metrics import (
+    IntervalTimer,
+    MetricsLogger,
+    SourceStats,
+    peak_tflops_for_device,
+    scheduled_mix,
+    throughput,
+)
 
 logger = logging.getLogger("chatflow.train")
 
@@ -56,12 +70,8 @@ def _device_is_cpu(job: JobConfig) -> bool:
     return job.train.device == "cpu" or not torch.cuda.is_available()
 
 
-def _build_data(job: JobConfig, schedule, info, consumed: int, data_state: Optional[dict]):
+def _build_data(job: JobConfig, schedule, info, consumed: int, data_state: dict | None):
     """The run's dynamic blended dataset and this rank's micro-batch iterator from ``consumed``."""
-    from chatflow.data.blended_dataset import BlendedDatasetConfig, DynamicBlendedDataset
-    from chatflow.data.data_state import DataState
-    from chatflow.data.sampler import DataParallelBatchSampler
-
     d = job.data
     cfg = BlendedDatasetConfig(
         seq_length=job.model.seq_length,
@@ -102,10 +112,8 @@ def _build_data(job: JobConfig, schedule, info, consumed: int, data_state: Optio
     return dataset, iter(loader)
 
 
-def _valid_iterator(dataset, source: int, job: JobConfig, info) -> Iterator[Dict[str, Any]]:
+def _valid_iterator(dataset, source: int, job: JobConfig, info) -> Iterator[dict[str, Any]]:
     """This rank's micro-batches of one source's held-out split, tagged with its source id."""
-    from chatflow.data.sampler import DataParallelBatchSampler
-
     sampler = DataParallelBatchSampler(
         total_samples=len(dataset),
         consumed_samples=0,
@@ -118,11 +126,8 @@ def _valid_iterator(dataset, source: int, job: JobConfig, info) -> Iterator[Dict
         yield batch
 
 
-def evaluate(job: JobConfig, chunks, valid: Dict[str, Any], names: Sequence[str], info) -> dict:
+def evaluate(job: JobConfig, chunks, valid: dict[str, Any], names: Sequence[str], info) -> dict:
     """Validation loss overall and per source on each source's held-out documents."""
-    from chatflow.engine import eval_step
-    from chatflow.metrics import SourceStats
-
     stats = SourceStats(len(names))
     num_mb = job.train.num_microbatches(info.data_parallel_size)
     for k, name in enumerate(names):
@@ -137,13 +142,12 @@ def evaluate(job: JobConfig, chunks, valid: Dict[str, Any], names: Sequence[str]
     return {"valid_loss": stats.overall_loss(), "valid_source_loss": stats.per_source_loss(names)}
 
 
-def train(job: JobConfig) -> List[Dict[str, Any]]:
+def train(job: JobConfig) -> list[dict[str, Any]]:
     """Run (or resume) the job on an initialised process group; returns rank 0's log records."""
-    import megatron_patches
+    # The modules that import megatron-core come in here, not at the top: `python -m
+    # chatflow.train` first validates the config (a bad flag fails at once, not after seconds of
+    # megatron-core imports), and _setup_logging filters megatron-core's import-time warnings.
     from chatflow import checkpointing as ckpt
-    from chatflow import parallel
-    from chatflow.engine import build_optimizer, build_scheduler, train_step
-    from chatflow.metrics import MetricsLogger, SourceStats, scheduled_mix, throughput
     from chatflow.model import build_model_chunks
 
     megatron_patches.apply(cuda_available=not _device_is_cpu(job))
@@ -178,16 +182,32 @@ def train(job: JobConfig) -> List[Dict[str, Any]]:
     )
 
     log = MetricsLogger(job, names, is_writer=info.rank == 0, resumed_iteration=iteration)
-    sigterm = _SigtermFlag() if tc.exit_signal_handler else None
+    saver = ckpt.SaveCadence(
+        enabled=bool(job.checkpoint.save),
+        interval=job.checkpoint.save_interval,
+        exit_interval=tc.exit_interval,
+        sigterm=ckpt.SigtermFlag(info.device) if tc.exit_signal_handler else None,
+    )
+
+    def save(step: int, samples: int) -> None:  # the checkpoint of `step`, `samples` consumed
+        state = {
+            "consumed_samples": samples,
+            "data_state": DataState.capture(dataset, samples).to_dict(),
+        }
+        ckpt.save_checkpoint(
+            job.checkpoint, step, chunks, optimizer, scheduler, state,
+            vocab_size=job.model.vocab_size,
+        )  # fmt: skip
+
     if info.rank == 0 and job.checkpoint.save:
         os.makedirs(job.checkpoint.save, exist_ok=True)
         dump_config(job, os.path.join(job.checkpoint.save, "config.yaml"))
     device_name = torch.cuda.get_device_name() if info.device.type == "cuda" else "cpu"
+    peak = job.logging.peak_tflops or peak_tflops_for_device(device_name)
     flops_per_token = job.model.flops_per_token()
     stats = SourceStats(len(names))
-    # Throughput counts training only: evaluation and checkpoint time go to `paused`.
-    interval_start, interval_consumed = time.perf_counter(), consumed
-    interval_wait = paused = 0.0
+    timer = IntervalTimer()  # throughput counts training only: evaluation and saves are paused
+    interval_consumed, interval_wait = consumed, 0.0
     logger.info("training %.1fM-parameter LLaMA (%d layers, hidden %d), iterations %d -> %d, "
                 "%d micro-batches of %d per DP rank per step", job.model.num_parameters() / 1e6,
                 job.model.num_layers, job.model.hidden_size, iteration, tc.train_iters, num_mb,
@@ -201,85 +221,41 @@ def train(job: JobConfig) -> List[Dict[str, Any]]:
         consumed += tc.global_batch_size
         stats.add(result.source_loss_sum, result.source_tokens, result.source_samples)
         interval_wait += result.data_wait_s
-        ckpt.maybe_inject_fault("kill_at_iter", iteration)
-        ckpt.maybe_inject_fault("sigterm_at_iter", iteration)
+        hooks.on_iteration_end(iteration)
 
         if iteration % job.logging.log_interval == 0 or iteration == tc.train_iters:
-            elapsed = time.perf_counter() - interval_start - paused
+            elapsed = timer.elapsed()
             timing = throughput(
                 (consumed - interval_consumed) * job.model.seq_length, elapsed, flops_per_token,
-                info.world_size, job.logging.peak_tflops or _peak(device_name),
+                info.world_size, peak,
             )  # fmt: skip
             log.train_record(
                 iteration, consumed, stats, result, timing, elapsed, interval_wait,
                 scheduled_mix(schedule, interval_consumed, consumed, num_samples),
             )  # fmt: skip
             stats.reset()
-            interval_start, interval_consumed, interval_wait = time.perf_counter(), consumed, 0.0
-            paused = 0.0
-        pause_start = time.perf_counter()
-        if tc.eval_interval and iteration % tc.eval_interval == 0:
-            log.eval_record(iteration, consumed, evaluate(job, chunks, valid, names, info))
-        stop = tc.exit_interval is not None and iteration >= tc.exit_interval
-        if tc.exit_signal_handler and sigterm.received(info.device):
-            logger.warning("SIGTERM received: saving iteration %d and exiting", iteration)
-            stop = True
-        interval = job.checkpoint.save_interval
-        if job.checkpoint.save and (
-            (interval and iteration % interval == 0) or stop or iteration == tc.train_iters
-        ):
-            from chatflow.data.data_state import DataState
-
-            state = {
-                "consumed_samples": consumed,
-                "data_state": DataState.capture(dataset, consumed).to_dict(),
-            }
-            ckpt.save_checkpoint(
-                job.checkpoint, iteration, chunks, optimizer, scheduler, state,
-                vocab_size=job.model.vocab_size,
-            )
-        paused += time.perf_counter() - pause_start
+            timer.restart()
+            interval_consumed, interval_wait = consumed, 0.0
+        with timer.paused():
+            if tc.eval_interval and iteration % tc.eval_interval == 0:
+                log.eval_record(iteration, consumed, evaluate(job, chunks, valid, names, info))
+            stop = saver.maybe_save(iteration, partial(save, iteration, consumed))
         if stop:
             logger.info("stopping at iteration %d", iteration)
             break
+    saver.maybe_save(iteration, partial(save, iteration, consumed), final=True)
     log.close()
     return log.records
 
 
-class _SigtermFlag:
-    """Records SIGTERM; ranks agree on it through an all-reduce so that all save together."""
-
-    def __init__(self) -> None:
-        self._got = False
-        signal.signal(signal.SIGTERM, self._handler)
-
-    def _handler(self, signum, frame) -> None:
-        self._got = True
-
-    def received(self, device: torch.device) -> bool:
-        """True on every rank if any rank got SIGTERM (collective: call on all ranks)."""
-        flag = torch.tensor([1.0 if self._got else 0.0], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
-
-def _peak(device_name: str) -> Optional[float]:
-    from chatflow.metrics import peak_tflops_for_device
-
-    return peak_tflops_for_device(device_name)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point (``python -m chatflow.train``)."""
-    from chatflow.config.cli import ConfigError
-
     try:
         job = parse_config(argv)  # every setting is checked before torch.distributed starts
     except ConfigError as e:
         raise SystemExit(f"chatflow.train: {e}") from None
     _setup_logging(job, int(os.environ.get("RANK", "0")))
-    from chatflow import parallel
-
+    hooks.install_from_env()  # callbacks named by $CHATFLOW_HOOKS (tests); none in production
     try:
         train(job)
     finally:

@@ -12,7 +12,7 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import yaml
@@ -65,7 +65,7 @@ def write_corpus(root: str, seed: int = 0) -> str:
     return path
 
 
-def trainer_argv(schedule: str, save: str, *extra: str, iters: int = 6) -> List[str]:
+def trainer_argv(schedule: str, save: str, *extra: str, iters: int = 6) -> list[str]:
     """Flags of a short fp32 CPU run: 8-sample global batches, ``iters`` steps."""
     return [
         *TINY_MODEL, "--device", "cpu", "--data-schedule", schedule,
@@ -84,8 +84,8 @@ def free_port() -> int:
 
 
 def torchrun(
-    argv: Sequence[str], nproc: int = 2, env: Dict[str, str] = None, timeout: int = 240
-) -> Tuple[int, str, List[str]]:
+    argv: Sequence[str], nproc: int = 2, env: dict[str, str] | None = None, timeout: int = 240
+) -> tuple[int, str, list[str]]:
     """Run ``python -m chatflow.train`` under torchrun.
 
     Returns:
@@ -107,7 +107,9 @@ def torchrun(
         "-m", "chatflow.train", *argv,
     ]  # fmt: skip
     marker = uuid.uuid4().hex
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO,
+    # tests/ too, for the hook modules of fault_env.
+    pythonpath = os.pathsep.join([REPO, os.path.join(REPO, "tests")])
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath,
                 "CHATFLOW_TEST_RUN": marker, **(env or {})}  # fmt: skip
     leftovers = []
     with tempfile.TemporaryFile("w+") as out:
@@ -127,7 +129,13 @@ def torchrun(
         return code, out.read(), leftovers
 
 
-def train_losses(metrics_path: str) -> Dict[int, float]:
+def fault_env(spec: str) -> dict[str, str]:
+    """Environment for :func:`torchrun` that makes the trainer inject the fault ``spec``, e.g.
+    ``"kill_in_save:4"`` (tests/_fault_hooks.py lists them)."""
+    return {"CHATFLOW_HOOKS": "_fault_hooks", "CHATFLOW_FAULT_INJECT": spec}
+
+
+def train_losses(metrics_path: str) -> dict[int, float]:
     """{iteration: loss} of the training records of a metrics.jsonl file."""
     out = {}
     with open(metrics_path) as fh:

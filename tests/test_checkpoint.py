@@ -13,7 +13,14 @@ import os
 
 import pytest
 import yaml
-from _trainer_helpers import run_phases, torchrun, train_losses, trainer_argv, write_corpus
+from _trainer_helpers import (
+    fault_env,
+    run_phases,
+    torchrun,
+    train_losses,
+    trainer_argv,
+    write_corpus,
+)
 
 from chatflow.checkpointing import TRACKER_FILE, complete_checkpoints, read_tracker
 
@@ -44,18 +51,16 @@ def runs(tmp_path_factory):
         doc["knots"] = [{"at": 0, "weights": {"en": 0.1, "zh": 0.1, "instruct": 0.8}}]
         yaml.safe_dump(doc, out)
     # Killed mid-save of iteration 4 (shards written, not yet renamed) ...
-    _, out1, left1 = torchrun(crash, env={"CHATFLOW_FAULT_INJECT": "kill_in_save:4"})
+    _, out1, left1 = torchrun(crash, env=fault_env("kill_in_save:4"))
     after_save_kill = (read_tracker(d("crash")), complete_checkpoints(d("crash")),
                        os.path.isdir(os.path.join(d("crash"), "iter_0000004.tmp")))  # fmt: skip
     # ... then resumed from 2, saving 4, and killed in training at iteration 5.
-    _, out2, left2 = torchrun(crash, env={"CHATFLOW_FAULT_INJECT": "kill_at_iter:5"})
+    _, out2, left2 = torchrun(crash, env=fault_env("kill_at_iter:5"))
     after_train_kill = (read_tracker(d("crash")), complete_checkpoints(d("crash")),
                         os.path.isdir(os.path.join(d("crash"), "iter_0000004.tmp")))  # fmt: skip
     # A preemption notice: SIGTERM to rank 0 at step 3 of 6; the job saves 3 and exits cleanly.
     term = trainer_argv(schedule, d("term"), "--exit-signal-handler", "--save-interval", "0")
-    term_code, term_out, left3 = torchrun(
-        term, env={"CHATFLOW_FAULT_INJECT": "sigterm_at_iter:3"}
-    )
+    term_code, term_out, left3 = torchrun(term, env=fault_env("sigterm_at_iter:3"))
     phases = [
         # 0: the oracle, 6 uninterrupted steps (DP=2).
         trainer_argv(schedule, d("full"), *COMMON),
