@@ -19,6 +19,8 @@ from chatflow.data.blended_dataset import BlendedDatasetConfig, DynamicBlendedDa
 from chatflow.data.sampler import DataParallelBatchSampler, DataState
 from chatflow.data.source_dataset import SourceDataset
 
+pytestmark = pytest.mark.unit
+
 
 def megatron_pretraining_sampler(total, consumed, mbs, rank, world, drop_last=True):
     """Reference: MegatronPretrainingSampler.__iter__ (megatron/training/datasets/data_samplers.py)
