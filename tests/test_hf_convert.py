@@ -245,6 +245,7 @@ def trainer_loaded(converted, tmp_path_factory):
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp2", "tp1"])
 def test_trainer_loaded_model_matches_hf(hf_dir, trainer_loaded, layout):
     from transformers import LlamaForCausalLM

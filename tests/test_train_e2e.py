@@ -110,7 +110,6 @@ def test_plot_training(run):
 
 
 @pytest.mark.dist
-@pytest.mark.slow
 def test_bad_settings_fail_before_starting(tmp_path):
     """A missing shard stops `python -m chatflow.train` with the file name, before any
     process group or model is built."""
