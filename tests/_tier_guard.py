@@ -41,8 +41,8 @@ def _targets() -> list[tuple[object, str]]:
         (subprocess.Popen, "__init__"),
         (multiprocessing.process.BaseProcess, "start"),
     ]
-    targets += [(os, name) for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system")
-                if hasattr(os, name)]  # fmt: skip
+    os_calls = ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system")
+    targets += [(os, name) for name in os_calls if hasattr(os, name)]
     try:
         import torch.distributed as dist
         import torch.distributed.distributed_c10d as c10d
