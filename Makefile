@@ -9,7 +9,7 @@ STAMP := $(VENV)/.chatflow-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-unit bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fast tier: in-process tests only (no subprocesses, no process groups).
+test-unit: install
+	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
 
 bench: install
 	$(PY) tools/bench_preprocess.py

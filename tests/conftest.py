@@ -1,4 +1,8 @@
-"""Shared fixtures: the shipped demo tokenizer, the embedded sample corpus, tool runners."""
+"""Shared fixtures: the shipped demo tokenizer, the embedded sample corpus, tool runners.
+
+Also the test tiers (``_tier_guard``): each test is marked unit, dist or gpu, and only dist tests
+may start processes or process groups.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,16 @@ import sys
 from types import ModuleType
 
 import pytest
+
+# The tier hooks: pytest picks up hook functions found in a conftest module's namespace.
+from _tier_guard import (  # noqa: F401
+    pytest_collection_modifyitems,
+    pytest_runtest_call,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+)
+
+pytest_plugins = ["pytester"]  # tests/test_tier_guard.py runs the hooks in an inner session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_TOKENIZER = os.path.join(ROOT, "examples", "tokenizer", "chatflow_demo.model")

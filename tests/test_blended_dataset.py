@@ -55,6 +55,7 @@ def shards(tmp_path):
     )
 
 
+@pytest.mark.unit
 def test_exact_counts_and_routing(shards, tmp_path):
     sched = Schedule.from_data_path(
         ["0.5", shards["en"], "0.3", shards["zh"], "0.2", shards["tiny"]]
@@ -79,6 +80,7 @@ def test_exact_counts_and_routing(shards, tmp_path):
     assert body and all(103 <= t < 103 + 25 for t in body)  # a zh sample holds zh tokens
 
 
+@pytest.mark.unit
 def test_blend_matches_megatron_core_for_constant_weights(shards):
     helpers = pytest.importorskip("megatron.core.datasets.helpers_cpp")
     sched = Schedule.from_data_path(
@@ -92,6 +94,7 @@ def test_blend_matches_megatron_core_for_constant_weights(shards):
     np.testing.assert_array_equal(ds.dataset_sample_index, dsi)
 
 
+@pytest.mark.unit
 def test_dynamic_schedule_moves_the_mix(shards):
     sched = ramp_schedule(shards, ["en", "tiny"], ["zh"], at_fraction=0.5)
     ds = DynamicBlendedDataset(BlendedDatasetConfig(seq_length=4, num_samples=400), sched)
@@ -101,6 +104,7 @@ def test_dynamic_schedule_moves_the_mix(shards):
     assert [len(s) for s in ds.sources] == np.bincount(ds.dataset_index, minlength=3).tolist()
 
 
+@pytest.mark.unit
 def test_dataloader_batches(shards):
     sched = Schedule.from_data_path(["1", shards["en"], "1", shards["zh"]])
     cfg = BlendedDatasetConfig(
@@ -112,6 +116,7 @@ def test_dataloader_batches(shards):
     assert batch["source_id"].shape == (4,) and batch["loss_mask"].dtype == torch.float32
 
 
+@pytest.mark.unit
 def test_cache_reuse_and_invalidation(shards, tmp_path):
     cache_dir = str(tmp_path / "cache")
     cfg = BlendedDatasetConfig(seq_length=6, num_samples=120, cache_dir=cache_dir)
@@ -134,6 +139,7 @@ def test_cache_reuse_and_invalidation(shards, tmp_path):
     assert any(e.startswith("blend-") for e in set(os.listdir(cache_dir)) - before)
 
 
+@pytest.mark.unit
 def test_validation_datasets(shards, tmp_path):
     sched = Schedule.from_data_path(["0.5", shards["en"], "0.5", shards["zh"]])
     cfg = BlendedDatasetConfig(seq_length=4, num_samples=50, valid_fraction=0.2, seed=3)
@@ -155,6 +161,7 @@ def test_validation_datasets(shards, tmp_path):
         no_valid.validation_datasets()
 
 
+@pytest.mark.unit
 def test_config_and_schedule_errors(shards, tmp_path):
     with pytest.raises(ValueError, match="num_samples"):
         BlendedDatasetConfig(seq_length=4, num_samples=0)
@@ -167,6 +174,7 @@ def test_config_and_schedule_errors(shards, tmp_path):
         DynamicBlendedDataset(BlendedDatasetConfig(seq_length=4, num_samples=5), missing)
 
 
+@pytest.mark.unit
 def test_build_index_tool_prebuilds_the_trainer_cache(shards, tmp_path, capsys):
     import importlib.util
 
@@ -210,6 +218,7 @@ def test_build_index_tool_prebuilds_the_trainer_cache(shards, tmp_path, capsys):
     assert isinstance(ds.sources[0].shuffle_index, np.memmap)
 
 
+@pytest.mark.dist
 def test_pickles_cheaply_for_spawned_workers(shards, tmp_path):
     import pickle
 
@@ -229,6 +238,7 @@ def test_pickles_cheaply_for_spawned_workers(shards, tmp_path):
     assert torch.equal(first["tokens"][3], ds[3]["tokens"])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("exact", [True, False])
 def test_each_segment_follows_its_schedule(tmp_path, exact):
     from chatflow.data.blended_dataset import Segment, build_segment_blend, segment_names

@@ -15,6 +15,8 @@ from chatflow.data.blending import (
 )
 from chatflow.data.schedule import Knot, Schedule, ScheduleError, Source
 
+pytestmark = pytest.mark.unit
+
 helpers_cpp = pytest.importorskip("megatron.core.datasets.helpers_cpp")
 
 

@@ -24,7 +24,6 @@ from _trainer_helpers import (
 
 from chatflow.checkpointing import TRACKER_FILE, complete_checkpoints, read_tracker
 
-pytestmark = pytest.mark.slow
 
 # Distributed optimizer on, so its sharded state is what gets saved and resharded.
 COMMON = ["--use-distributed-optimizer", "--save-interval", "3"]
@@ -89,6 +88,8 @@ def runs(tmp_path_factory):
     }  # fmt: skip
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_resume_is_bit_identical_to_uninterrupted(runs):
     full, part, resumed = (_losses(r) for r in runs["records"][:3])
     assert sorted(full) == [1, 2, 3, 4, 5, 6]
@@ -105,6 +106,8 @@ def test_resume_is_bit_identical_to_uninterrupted(runs):
     assert res_rec[6]["realized_mix"] == full_rec[6]["realized_mix"]
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 @pytest.mark.parametrize("phase, layout", [(3, "TP=2"), (4, "PP=2")])
 def test_dp2_checkpoint_reshards_into_other_layouts(runs, phase, layout):
     full = _losses(runs["records"][0])
@@ -114,6 +117,8 @@ def test_dp2_checkpoint_reshards_into_other_layouts(runs, phase, layout):
     assert other[4] == pytest.approx(full[4], abs=2e-5), layout
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_finetune_loads_weights_only(runs):
     full = _losses(runs["records"][0])
     ft = _losses(runs["records"][5])
@@ -122,6 +127,8 @@ def test_finetune_loads_weights_only(runs):
     assert ft[1] < full[1] - 0.05
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_keep_last_and_tracker(runs):
     full_dir = os.path.join(runs["root"], "full")
     assert complete_checkpoints(full_dir) == [3, 6] and read_tracker(full_dir) == 6
@@ -129,6 +136,8 @@ def test_keep_last_and_tracker(runs):
     assert os.path.isfile(os.path.join(full_dir, "config.yaml"))
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_sigkill_in_training_and_mid_save_resume_from_last_complete(runs):
     """Killed mid-save of iteration 4, then killed in training at iteration 5, then run to the
     end: each restart resumes from the newest complete checkpoint and the losses match the
@@ -150,12 +159,15 @@ def test_sigkill_in_training_and_mid_save_resume_from_last_complete(runs):
     assert got == full, f"crashed-and-resumed losses {got} != uninterrupted {full}"
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_killed_runs_leave_no_process(runs):
     """Nothing a job started outlives it, not even after a SIGKILLed rank (megatron-core's
     checkpoint-writer Manager did: megatron_patches.ckpt_results_queue)."""
     assert runs["leftovers"] == []
 
 
+@pytest.mark.unit
 def test_tracker_errors_name_the_file(tmp_path):
     assert read_tracker(str(tmp_path)) is None and complete_checkpoints(str(tmp_path)) == []
     (tmp_path / TRACKER_FILE).write_text("release\n")
@@ -170,6 +182,8 @@ def test_tracker_errors_name_the_file(tmp_path):
     assert complete_checkpoints(str(tmp_path)) == [4, 12]  # .tmp and others are never loaded
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_resume_with_changed_schedule(runs):
     """The checkpoint's data state lets a run resume under a new schedule: the first three steps
     keep the old mix, the new steps follow the new one (no sample repeats: tests of issue 3)."""
@@ -186,6 +200,8 @@ def test_resume_with_changed_schedule(runs):
         assert json.load(fh)["consumed_samples"] == 24
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(runs):
     code, out = runs["term"]
     save = os.path.join(runs["root"], "term")

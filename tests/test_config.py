@@ -9,6 +9,8 @@ import yaml
 from chatflow.config.cli import ConfigError, build_parser, dump_config, parse_config
 from chatflow.data import IndexedDatasetWriter
 
+pytestmark = pytest.mark.unit
+
 MEGATRON_FLAGS = [
     "--tensor-model-parallel-size", "--pipeline-model-parallel-size",
     "--num-virtual-stages-per-pipeline-rank", "--micro-batch-size", "--global-batch-size",

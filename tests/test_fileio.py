@@ -6,6 +6,8 @@ import pytest
 
 from chatflow.fileio import atomic_open, atomic_write
 
+pytestmark = pytest.mark.unit
+
 
 def test_atomic_write_text_and_bytes(tmp_path):
     path = tmp_path / "sub" / "out.txt"

@@ -54,6 +54,7 @@ def _cfg():
 # --- pure logic -------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "change, field",
     [
@@ -72,6 +73,7 @@ def test_unsupported_config_names_the_field(change, field):
         hf_convert.hf_config_to_model_config(LlamaConfig(**{**HF_ARGS, **change}))
 
 
+@pytest.mark.unit
 def test_config_translation():
     cfg = _cfg()
     assert (cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size) == (2, 64, 160)
@@ -81,6 +83,7 @@ def test_config_translation():
     assert hf_convert.hf_config_to_model_config(back) == cfg
 
 
+@pytest.mark.unit
 def test_qkv_rows_are_grouped_per_kv_group():
     """Independent of _fuse_qkv: group g's rows are its 2 query heads, its k head, its v head."""
     cfg, d = _cfg(), 16
@@ -96,6 +99,7 @@ def test_qkv_rows_are_grouped_per_kv_group():
         assert torch.equal(rows[3 * d :], v[g * d : (g + 1) * d])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("tp, padding", [(1, "zeros"), (2, "mean")])
 def test_state_dict_round_trip_is_exact(tp, padding):
     cfg, hf = _cfg(), _hf_model().state_dict()
@@ -110,6 +114,7 @@ def test_state_dict_round_trip_is_exact(tp, padding):
         assert torch.equal(back[name], hf[name]), name
 
 
+@pytest.mark.unit
 def test_unknown_or_missing_hf_tensors_fail():
     cfg, hf = _cfg(), _hf_model().state_dict()
     with pytest.raises(ValueError, match="does not"):
@@ -134,6 +139,7 @@ def converted(hf_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.dist
 def test_checkpoint_layout(converted):
     from chatflow.checkpointing import read_tracker
 
@@ -144,6 +150,7 @@ def test_checkpoint_layout(converted):
     assert not list(converted.parent.glob("*.tmp-*"))
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_tool_round_trip_is_exact(hf_dir, tmp_path, dtype):
     """HF -> dist-checkpoint -> HF; bf16 also pads for TP=2 (512 stored rows, exported from a
@@ -237,6 +244,8 @@ def trainer_loaded(converted, tmp_path_factory):
     return tokens, {r: torch.load(out / f"rank{r}.pt") for r in range(2)}
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp2", "tp1"])
 def test_trainer_loaded_model_matches_hf(hf_dir, trainer_loaded, layout):
     from transformers import LlamaForCausalLM

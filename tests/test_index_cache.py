@@ -27,6 +27,7 @@ def run_script(body: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(body), *args], env=env)
 
 
+@pytest.mark.unit
 def test_roundtrip_and_no_cache_dir(tmp_path):
     calls = []
     cache = IndexCache(str(tmp_path))
@@ -56,6 +57,7 @@ def _source_entries(tmp_path, prefix, **overrides):
     return {d for d in os.listdir(cache_dir) if not d.endswith(".lock")}
 
 
+@pytest.mark.unit
 def test_source_cache_invalidation(tmp_path):
     prefix = str(tmp_path / "src")
     with IndexedDatasetWriter(prefix, np.uint16) as w:
@@ -98,6 +100,7 @@ BUILD_SCRIPT = """
 """
 
 
+@pytest.mark.dist
 def test_concurrent_builders_build_once(tmp_path):
     log = str(tmp_path / "log")
     procs = [run_script(BUILD_SCRIPT, str(tmp_path / "cache"), log, str(i)) for i in range(2)]
@@ -117,6 +120,7 @@ CRASH_SCRIPT = """
 """
 
 
+@pytest.mark.dist
 def test_crash_mid_build_never_loads_and_is_rebuilt(tmp_path):
     cache_dir = str(tmp_path / "cache")
     proc = run_script(CRASH_SCRIPT, cache_dir)
@@ -133,6 +137,7 @@ def test_crash_mid_build_never_loads_and_is_rebuilt(tmp_path):
     assert cache.load("demo", {"k": 1}) is not None
 
 
+@pytest.mark.unit
 def test_damaged_entry_is_rebuilt(tmp_path):
     cache = IndexCache(str(tmp_path))
     cache.get_or_build("x", {}, arrays)
@@ -142,6 +147,7 @@ def test_damaged_entry_is_rebuilt(tmp_path):
     assert cache.get_or_build("x", {}, arrays)["a"].tolist() == list(range(10))
 
 
+@pytest.mark.unit
 def test_crash_hook_fires_per_array(tmp_path, monkeypatch):
     names = []
     monkeypatch.setattr(index_cache, "_after_array_written", names.append)
@@ -164,6 +170,7 @@ DIST_SCRIPT = """
 """
 
 
+@pytest.mark.dist
 @pytest.mark.slow
 def test_distributed_rank0_builds(tmp_path):
     log, init = str(tmp_path / "log"), str(tmp_path / "init")

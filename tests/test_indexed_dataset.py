@@ -17,6 +17,8 @@ from chatflow.data.indexed_dataset import (
     token_dtype,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _random_docs(rng: np.random.Generator, n: int, vocab: int) -> list[list[np.ndarray]]:
     """Documents of 1-3 sequences each, with some empty sequences (legal in the format)."""

@@ -14,6 +14,8 @@ from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from chatflow.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter
 from chatflow.data.templates import loss_mask_prefix
 
+pytestmark = pytest.mark.unit
+
 
 def _shard(prefix: str, docs: list[list[int]], masks: bool = False, dtype=np.uint16) -> None:
     with IndexedDatasetWriter(prefix, dtype) as w:

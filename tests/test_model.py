@@ -13,6 +13,7 @@ from chatflow.config import PRESETS, ModelConfig, OptimizerConfig, ParallelConfi
 LLAMA_VOCAB = 32000
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "name, expected",
     # LLaMA2 papers/model cards: 6.74B, 13.0B, 69.0B parameters (HF safetensors counts).
@@ -23,6 +24,7 @@ def test_preset_parameter_counts(name, expected):
     assert cfg.num_parameters() == expected
 
 
+@pytest.mark.unit
 def test_presets_shape():
     big = ModelConfig.from_preset("70b", LLAMA_VOCAB)
     assert big.num_query_groups == 8 and big.kv_channels == 128
@@ -34,6 +36,7 @@ def test_presets_shape():
     assert set(PRESETS) == {"7b", "13b", "70b", "tiny"}
 
 
+@pytest.mark.unit
 def test_vocab_padding():
     cfg = ModelConfig.from_preset("7b", LLAMA_VOCAB)
     assert cfg.padded_vocab_size(1) == 32000
@@ -45,12 +48,14 @@ def test_vocab_padding():
     ) - chatflow_vocab.num_parameters() == (2 * (40192 - 40076) * 4096)
 
 
+@pytest.mark.unit
 def test_flops_per_token_dominated_by_6n():
     cfg = ModelConfig.from_preset("7b", LLAMA_VOCAB)
     six_n = 6 * (cfg.num_parameters() - LLAMA_VOCAB * cfg.hidden_size)
     assert six_n < cfg.flops_per_token() < 1.2 * six_n
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "kwargs, field",
     [
@@ -67,11 +72,13 @@ def test_model_validation(kwargs, field):
         ModelConfig.from_preset("tiny", **{"vocab_size": 1000, **kwargs})
 
 
+@pytest.mark.unit
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown 'huge'"):
         ModelConfig.from_preset("huge", 1000)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "parallel, world, message",
     [
@@ -92,6 +99,7 @@ def test_parallel_validation(parallel, world, message):
         ParallelConfig(**parallel).validate(ModelConfig.from_preset("tiny", 1000), world)
 
 
+@pytest.mark.unit
 def test_parallel_config_checks():
     with pytest.raises(ValueError, match="^virtual_pipeline_model_parallel_size:"):
         ParallelConfig(virtual_pipeline_model_parallel_size=2)
@@ -104,6 +112,7 @@ def test_parallel_config_checks():
     assert ParallelConfig(virtual_pipeline_model_parallel_size=1).num_model_chunks == 1
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "kwargs, field",
     [
@@ -119,6 +128,7 @@ def test_optimizer_validation(kwargs, field):
         OptimizerConfig(**kwargs)
 
 
+@pytest.mark.unit
 def test_every_field_has_a_unique_flag_and_help():
     flags = []
     for cls in (ModelConfig, ParallelConfig, OptimizerConfig):
@@ -130,6 +140,7 @@ def test_every_field_has_a_unique_flag_and_help():
     assert "--tensor-model-parallel-size" in flags and "--lr-warmup-samples" in flags
 
 
+@pytest.mark.unit
 def test_transformer_config_translation():
     from chatflow.model import transformer_config
 
@@ -168,6 +179,7 @@ def test_transformer_config_translation():
     )  # fmt: skip
 
 
+@pytest.mark.unit
 def test_sequence_parallel_needs_transformer_engine():
     from chatflow.model import transformer_config
 
@@ -193,6 +205,7 @@ def single_process():
         megatron_patches.revert()
 
 
+@pytest.mark.dist
 def test_built_model_matches_analytic_count(single_process):
     """Independent oracle: the parameters megatron-core actually allocates."""
     from chatflow.model import build_model_chunks
@@ -204,6 +217,7 @@ def test_built_model_matches_analytic_count(single_process):
     assert chunk.embedding.word_embeddings.weight is not chunk.output_layer.weight
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize(
     "recompute",
     [
@@ -233,6 +247,7 @@ def test_recompute_gives_same_gradients(single_process, recompute):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.dist
 def test_bf16_step_keeps_fp32_main_weights(single_process):
     """bf16 model (Float16Module) + fp32 main weights in the optimizer; loss close to fp32."""
     from chatflow import engine
@@ -280,6 +295,7 @@ def test_transformer_engine_spec_on_gpu():
     assert "LayerNormColumnParallelLinear" in qkv.__name__  # fused RMSNorm + QKV projection
 
 
+@pytest.mark.unit
 def test_bad_micro_batches_are_rejected_naming_the_field():
     from chatflow.engine import check_batch
 
@@ -297,6 +313,7 @@ def test_bad_micro_batches_are_rejected_naming_the_field():
         check_batch(good, 2, 8, 2)
 
 
+@pytest.mark.unit
 def test_lr_schedule_warmup_then_cosine_in_samples():
     """megatron-core's scheduler as configured: linear warmup from 0, cosine to min_lr."""
     import math

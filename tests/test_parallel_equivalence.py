@@ -19,6 +19,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+pytestmark = [pytest.mark.dist, pytest.mark.slow]
+
 STEPS = 3
 GLOBAL_BATCH = 8
 MICRO_BATCH = 2
@@ -71,8 +73,9 @@ def _global_batch(step: int) -> List[Dict[str, torch.Tensor]]:
     return samples
 
 
-# Reference losses of this exact set-up (seed 7, megatron-core 0.16.1, fp32 CPU).
-EXPECTED_LOSSES = [6.254368506107234, 6.254644323278357, 6.25413341033153, 5.914818819237764]
+# Reference losses of this exact set-up (seed 7, megatron-core 0.16.1, fp32 CPU), kept as data so
+# a deliberate change re-records them without touching the test.
+EXPECTED_LOSSES_FILE = Path(__file__).parent / "assets" / "debug_model_losses.json"
 
 # Global batches of the STEPS training steps, then the eval step: it re-reads the batch of step 1,
 # which was trained with lr > 0, so its loss must have dropped.
@@ -253,7 +256,8 @@ def test_reference_trains_and_sources_add_up(runs):
     assert reference[-1]["grad_norm"] is None
     # Stored expected losses (torchtitan-style regression guard for the single-process path):
     # a change in initialisation, loss masking or the schedule shows up here first.
-    assert [r["loss"] for r in reference] == pytest.approx(EXPECTED_LOSSES, rel=1e-4)
+    expected = json.loads(EXPECTED_LOSSES_FILE.read_text())["losses"]
+    assert [r["loss"] for r in reference] == pytest.approx(expected, rel=1e-4)
     for r in reference:
         assert sum(r["source_loss_sum"]) / r["num_tokens"] == pytest.approx(r["loss"], rel=1e-12)
         assert sum(r["source_tokens"]) == r["num_tokens"]

@@ -27,6 +27,7 @@ def patched():
         megatron_patches.revert()
 
 
+@pytest.mark.unit
 def test_check_version():
     assert megatron_patches.check_version() == "0.16.1"
     with pytest.raises(
@@ -35,6 +36,7 @@ def test_check_version():
         megatron_patches.check_version("0.15.0")
 
 
+@pytest.mark.unit
 def test_cuda_machines_get_no_cpu_patches():
     try:
         names = megatron_patches.apply(cuda_available=True)
@@ -46,6 +48,7 @@ def test_cuda_machines_get_no_cpu_patches():
         megatron_patches.revert()
 
 
+@pytest.mark.unit
 @cpu_only
 def test_apply_is_idempotent_and_revertible():
     depth = torch._C._len_torch_function_stack()
@@ -66,6 +69,7 @@ def test_apply_is_idempotent_and_revertible():
         torch.empty(1, device="cuda")
 
 
+@pytest.mark.unit
 def test_device_redirect(patched):
     assert torch.empty(2, device="cuda").device.type == "cpu"
     assert torch.zeros(2, device=torch.cuda.current_device()).device.type == "cpu"
@@ -81,6 +85,7 @@ def test_device_redirect(patched):
     torch.testing.assert_close(w.grad, x)
 
 
+@pytest.mark.unit
 def test_param_type(patched):
     assert torch.zeros(1).type() == "torch.cuda.FloatTensor"
     assert torch.zeros(1, dtype=torch.bfloat16).type() == "torch.cuda.BFloat16Tensor"
@@ -88,10 +93,12 @@ def test_param_type(patched):
     assert torch.zeros(1).type(torch.float64).dtype == torch.float64
 
 
+@pytest.mark.unit
 def test_synchronize(patched):
     assert torch.cuda.synchronize() is None
 
 
+@pytest.mark.unit
 def test_causal_mask(patched):
     from megatron.core.fusions import fused_softmax
     from megatron.core.transformer import utils
@@ -102,6 +109,7 @@ def test_causal_mask(patched):
     assert fused_softmax.get_default_causal_mask(5) is mask  # cached, and both names patched
 
 
+@pytest.mark.unit
 def test_rng_tracker_streams(patched):
     from megatron.core.tensor_parallel import random as mrandom
 
@@ -202,6 +210,7 @@ needs_torch_adam = pytest.mark.skipif(
 )
 
 
+@pytest.mark.dist
 @needs_torch_adam
 @pytest.mark.parametrize("sharding", ["fully_reshardable", "dp_reshardable", None])
 def test_distributed_optimizer_checkpoint_round_trip(one_process, tmp_path, sharding):
@@ -211,6 +220,7 @@ def test_distributed_optimizer_checkpoint_round_trip(one_process, tmp_path, shar
     assert diff == 0.0  # Adam moments and step restored: identical update
 
 
+@pytest.mark.dist
 @needs_torch_adam
 def test_distributed_optimizer_load_fails_without_the_patch(one_process, tmp_path):
     from megatron_patches import distrib_optim_load
@@ -269,6 +279,7 @@ def no_upstream_queue():
     stop()
 
 
+@pytest.mark.dist
 def test_ckpt_results_queue_sync_save_leaves_no_process(one_process, tmp_path):
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
@@ -278,12 +289,14 @@ def test_ckpt_results_queue_sync_save_leaves_no_process(one_process, tmp_path):
     assert filesystem_async._results_queue is cached  # the save neither used nor set it
 
 
+@pytest.mark.dist
 def test_ckpt_results_queue_leaves_async_saves_alone(one_process, no_upstream_queue, tmp_path):
     """An async save may hand its queue to another process: it keeps upstream's Manager queue."""
     left = _checkpoint_round_trip(tmp_path, async_sharded_save=True)
     assert left, "expected upstream's Manager process for an async save"
 
 
+@pytest.mark.dist
 def test_ckpt_results_queue_revert_restores_upstream(one_process, no_upstream_queue, tmp_path):
     from megatron.core.dist_checkpointing.strategies import filesystem_async
     from megatron.core.dist_checkpointing.strategies.base import AsyncSaveShardedStrategy

@@ -36,6 +36,7 @@ def _read_all(prefix: str) -> list[list[int]]:
     return [ds[i].tolist() for i in range(len(ds))]
 
 
+@pytest.mark.dist
 def test_text_format(tmp_path, sample_data_dir, demo_tokenizer_path, capsys):
     src = os.path.join(sample_data_dir, "zh_text.jsonl")
     out = tmp_path / "zh"
@@ -66,6 +67,7 @@ def test_text_format(tmp_path, sample_data_dir, demo_tokenizer_path, capsys):
     assert len(theirs.document_indices) == len(texts) + 1
 
 
+@pytest.mark.unit
 def test_text_format_several_keys_without_eod(tmp_path, demo_tokenizer_path):
     src = tmp_path / "kv.jsonl"
     src.write_text(
@@ -96,6 +98,7 @@ def test_text_format_several_keys_without_eod(tmp_path, demo_tokenizer_path):
     ]
 
 
+@pytest.mark.dist
 def test_parallel_format(tmp_path, sample_data_dir, demo_tokenizer_path):
     src = os.path.join(sample_data_dir, "parallel.jsonl")
     assert (
@@ -127,6 +130,7 @@ def test_parallel_format(tmp_path, sample_data_dir, demo_tokenizer_path):
     )
 
 
+@pytest.mark.dist
 def test_instruction_format_and_mask(
     tmp_path, sample_data_dir, demo_tokenizer, demo_tokenizer_path
 ):
@@ -171,6 +175,7 @@ def test_instruction_format_and_mask(
     assert theirs_mask.index.dtype == np.uint8 and theirs_mask[3].tolist() == mask[3].tolist()
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize(
     "fmt,src", [("instruction", "instruct.jsonl"), ("parallel", "parallel.jsonl")]
 )
@@ -221,6 +226,7 @@ def _bad_file(path, bad: bytes) -> None:
     path.write_bytes(GOOD + b"\n\n" + bad + b"\n" + GOOD + b"\n")
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize("reason", list(BAD_CASES))
 def test_bad_input_fail_mode(tmp_path, demo_tokenizer_path, capsys, reason):
     src = tmp_path / "in.jsonl"
@@ -241,6 +247,7 @@ def test_bad_input_fail_mode(tmp_path, demo_tokenizer_path, capsys, reason):
     assert sorted(os.listdir(tmp_path)) == ["in.jsonl"], "nothing may be left behind"
 
 
+@pytest.mark.dist
 def test_bad_input_skip_mode(tmp_path, demo_tokenizer_path, capsys):
     src = tmp_path / "in.jsonl"
     bad = list(BAD_CASES.values())
@@ -272,6 +279,7 @@ def test_bad_input_skip_mode(tmp_path, demo_tokenizer_path, capsys):
         assert got == raw
 
 
+@pytest.mark.dist
 def test_instruction_bad_record_skipped(tmp_path, demo_tokenizer_path):
     src = tmp_path / "in.jsonl"
     src.write_text(
@@ -300,6 +308,7 @@ def test_instruction_bad_record_skipped(tmp_path, demo_tokenizer_path):
     assert len(IndexedDataset(str(tmp_path / "o_instruction_document_loss_mask"))) == 1
 
 
+@pytest.mark.dist
 def test_gzip_input_same_output(tmp_path, sample_data_dir, demo_tokenizer_path):
     src = os.path.join(sample_data_dir, "en_text.jsonl")
     gz = tmp_path / "en.jsonl.gz"
@@ -325,6 +334,7 @@ def test_gzip_input_same_output(tmp_path, sample_data_dir, demo_tokenizer_path):
         ).read_bytes()
 
 
+@pytest.mark.dist
 def test_input_glob_and_errors(tmp_path, sample_data_dir, demo_tokenizer_path, capsys):
     assert (
         run(
@@ -400,6 +410,7 @@ def _kill_mid_write(input_path: str, out, tokenizer: str) -> None:
 
 
 
+@pytest.mark.dist
 def test_killed_run_leaves_previous_output(tmp_path, sample_data_dir, demo_tokenizer_path):
     out = tmp_path / "out" / "sft"
     prefix = str(out) + "_instruction_document"
@@ -424,6 +435,7 @@ def test_killed_run_leaves_previous_output(tmp_path, sample_data_dir, demo_token
     assert (_read_all(prefix), _read_all(loss_mask_prefix(prefix))) == before
 
 
+@pytest.mark.dist
 def test_killed_first_run_leaves_no_index(tmp_path, sample_data_dir, demo_tokenizer_path):
     out = tmp_path / "first"
     _kill_mid_write(_big_instruct(tmp_path, sample_data_dir), out, demo_tokenizer_path)
@@ -436,6 +448,7 @@ def test_killed_first_run_leaves_no_index(tmp_path, sample_data_dir, demo_tokeni
             IndexedDataset(p)
 
 
+@pytest.mark.unit
 def test_crash_between_mask_and_tokens_never_pairs_old_tokens(
     tmp_path, sample_data_dir, demo_tokenizer_path, monkeypatch
 ):
@@ -470,6 +483,7 @@ def test_crash_between_mask_and_tokens_never_pairs_old_tokens(
         IndexedDataset(prefix)
 
 
+@pytest.mark.unit
 def test_blocks_agree_with_line_reader(tmp_path):
     """Blocks of any size split back into exactly the lines (and numbers) of a plain reader."""
     from chatflow.data.jsonl_reader import iter_blocks, iter_lines, split_block
@@ -488,6 +502,7 @@ def test_blocks_agree_with_line_reader(tmp_path):
             assert got == ref, (trial, block)
 
 
+@pytest.mark.dist
 def test_only_bad_lines_and_empty_input(tmp_path, demo_tokenizer_path, capsys):
     src = tmp_path / "bad.jsonl"
     src.write_bytes(b"{oops\n[1]\n")
@@ -526,6 +541,7 @@ def test_only_bad_lines_and_empty_input(tmp_path, demo_tokenizer_path, capsys):
     assert len(IndexedDataset(str(tmp_path / "e_instruction_document_loss_mask"))) == 0
 
 
+@pytest.mark.dist
 def test_progress_lines_and_summary(tmp_path, sample_data_dir, demo_tokenizer_path, capsys):
     """Off a terminal, progress is a line every --log-interval documents with all three rates."""
     src = os.path.join(sample_data_dir, "en_text.jsonl")

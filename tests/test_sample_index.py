@@ -17,6 +17,8 @@ from chatflow.data.sample_index import (
     split_documents,
 )
 
+pytestmark = pytest.mark.unit
+
 SEEDS = [0, 1, 1234, 2**63 + 5, 2**64 - 1]
 
 

@@ -20,6 +20,8 @@ from chatflow.data.data_state import DataState
 from chatflow.data.sampler import DataParallelBatchSampler
 from chatflow.data.source_dataset import SourceDataset
 
+pytestmark = pytest.mark.unit
+
 
 def megatron_pretraining_sampler(total, consumed, mbs, rank, world, drop_last=True):
     """Reference: MegatronPretrainingSampler.__iter__ (megatron/training/datasets/data_samplers.py)

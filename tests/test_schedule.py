@@ -33,6 +33,7 @@ def write(tmp_path, text: str, name: str = "s.yaml") -> str:
     return str(path)
 
 
+@pytest.mark.unit
 def test_chatflow_presets():
     s = Schedule.from_yaml(PRESET)
     assert s.names == ("zh_text", "en_text", "parallel", "instruct")
@@ -51,6 +52,7 @@ def test_chatflow_presets():
         assert all(p.startswith(os.path.join(REPO, "demo_out", "shards")) for p in sched.prefixes)
 
 
+@pytest.mark.unit
 def test_prefix_resolution_and_data_root_override(tmp_path):
     path = write(tmp_path, TWO_KNOTS % "linear")
     s = Schedule.from_yaml(path)
@@ -60,6 +62,7 @@ def test_prefix_resolution_and_data_root_override(tmp_path):
     assert s2.fingerprint() == s.fingerprint()  # prefixes are not part of the blend identity
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", ["linear", "cosine", "step"])
 def test_interpolation_and_hold(tmp_path, kind):
     s = Schedule.from_yaml(write(tmp_path, TWO_KNOTS % kind))
@@ -83,6 +86,7 @@ def test_interpolation_and_hold(tmp_path, kind):
     np.testing.assert_allclose(W, trap[::1000], atol=1e-3)
 
 
+@pytest.mark.unit
 def test_from_data_path():
     s = Schedule.from_data_path(["30", "/d/en_text_document", "70", "/d/zh_text_document"])
     assert s.names == ("en_text_document", "zh_text_document")
@@ -99,6 +103,7 @@ def test_from_data_path():
         Schedule.from_data_path(["-1", "a", "2", "b"])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "snippet, message",
     [
@@ -121,6 +126,7 @@ def test_yaml_errors_name_file_and_field(tmp_path, snippet, message):
     assert str(err.value).startswith(path)
 
 
+@pytest.mark.unit
 def test_structural_errors(tmp_path):
     base = "sources:\n  - {name: a, prefix: pa}\n"
     cases = {
@@ -147,6 +153,7 @@ def test_structural_errors(tmp_path):
         s.weights_at([0], 1000)  # 0.4 * 1000 = 400 < 500
 
 
+@pytest.mark.unit
 def test_shards_checked_only_on_request(tmp_path):
     s = Schedule.from_yaml(write(tmp_path, TWO_KNOTS % "linear"))  # no shard exists: fine
     with pytest.raises(ScheduleError, match=r"source 'a': .*a_document\.idx not found") as err:
@@ -158,6 +165,7 @@ def test_shards_checked_only_on_request(tmp_path):
     Schedule.from_data_path([prefix]).check_shards()
 
 
+@pytest.mark.unit
 def test_fingerprint_and_to_dict():
     s = Schedule.from_yaml(PRESET)
     again = Schedule.from_yaml(PRESET)
@@ -174,6 +182,7 @@ def test_fingerprint_and_to_dict():
     assert kinds.fingerprint() != s.fingerprint()
 
 
+@pytest.mark.dist
 def test_plot_schedule_tool(tmp_path):
     import importlib.util
 
@@ -192,6 +201,7 @@ def test_plot_schedule_tool(tmp_path):
     np.testing.assert_allclose(shares, [[0.25, 0.75], [1.0, 0.0]])
 
 
+@pytest.mark.unit
 def test_dict_round_trip_rebuilds_identical_weights():
     # Normalizing already-normalized weights can move one by an ulp; to_dict keeps the weights
     # as given so a checkpointed schedule rebuilds bit for bit (same fingerprint, same floats).

@@ -13,6 +13,8 @@ from chatflow.data.indexed_dataset import IndexedDatasetWriter
 from chatflow.data.source_dataset import SampleOptions, SourceDataset, make_sample
 from chatflow.data.templates import loss_mask_prefix
 
+pytestmark = pytest.mark.unit
+
 BOS, EOS = 1, 2
 
 

@@ -16,6 +16,8 @@ from chatflow.data.templates import (
     render_instruction,
 )
 
+pytestmark = pytest.mark.unit
+
 PAIR = {"zh": "我喜欢读书。", "en": "I like reading."}
 
 

@@ -12,6 +12,8 @@ from conftest import call_tool
 
 from chatflow.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 def test_llama_control_ids(demo_tokenizer):
     tok = demo_tokenizer

@@ -15,7 +15,6 @@ from _trainer_helpers import REPO, TINY_MODEL, free_port, write_corpus
 from chatflow.checkpointing import complete_checkpoints, read_tracker
 from chatflow.metrics import read_metrics
 
-pytestmark = pytest.mark.slow
 
 GLOBAL_BATCH, ITERS = 8, 8
 
@@ -45,6 +44,8 @@ def run(tmp_path_factory):
     return {"proc": proc, "save": save, "root": root}
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_run_succeeds_and_logs_per_source_losses(run):
     proc = run["proc"]
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -54,6 +55,8 @@ def test_run_succeeds_and_logs_per_source_losses(run):
     assert any("mix (real/sched)" in line for line in lines)
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_metrics_file(run):
     records = read_metrics(os.path.join(run["save"], "metrics.jsonl"))
     train = [r for r in records if r["kind"] == "train"]
@@ -84,12 +87,16 @@ def test_metrics_file(run):
     assert valid[1]["valid_loss"] < valid[0]["valid_loss"]
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_checkpoint_written(run):
     assert read_tracker(run["save"]) == ITERS
     assert complete_checkpoints(run["save"]) == [4, 8]
     assert os.path.isfile(os.path.join(run["save"], "config.yaml"))
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_plot_training(run):
     png = str(run["root"] / "training.png")
     proc = subprocess.run(
@@ -102,6 +109,7 @@ def test_plot_training(run):
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.dist
 def test_bad_settings_fail_before_starting(tmp_path):
     """A missing shard stops `python -m chatflow.train` with the file name, before any
     process group or model is built."""
@@ -115,6 +123,7 @@ def test_bad_settings_fail_before_starting(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.unit
 def test_source_stats_and_throughput_math():
     import torch
 
@@ -137,6 +146,7 @@ def test_source_stats_and_throughput_math():
     assert peak_tflops_for_device("cpu") is None
 
 
+@pytest.mark.unit
 def test_llama2_7b_flops_per_token_formula():
     from chatflow.config.model import ModelConfig
 
@@ -148,6 +158,7 @@ def test_llama2_7b_flops_per_token_formula():
     assert m.flops_per_token() == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.unit
 def test_metrics_file_truncated_on_resume(tmp_path):
     from chatflow.metrics import _truncate_after, read_metrics
 

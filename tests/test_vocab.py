@@ -18,6 +18,8 @@ from conftest import call_tool, load_tool
 from chatflow import vocab
 from chatflow.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.unit
+
 MIXED = "ChatFlow 今天北京的天气非常热，气温大约22度。 The model learns 中文 quickly!"
 
 
