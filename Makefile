@@ -9,7 +9,7 @@ STAMP := $(VENV)/.chatflow-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit bench clean
+.PHONY: install demo test test-unit lint bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: install
 # The fast tier: in-process tests only (no subprocesses, no process groups).
 test-unit: install
 	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: install
 	$(PY) tools/bench_preprocess.py
