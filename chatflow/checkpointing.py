@@ -270,8 +270,9 @@ def load_checkpoint(
     # RNG streams only continue meaningfully in the same layout; elsewhere keep the fresh seeds.
     load_rng = not (finetune or cfg.no_load_rng) and saved_layout == layout
     if not load_rng and not (finetune or cfg.no_load_rng):
-        logger.warning("layout %s differs from checkpoint's %s: RNG states not restored",
-                       layout, saved_layout)
+        logger.warning(
+            "layout %s differs from checkpoint's %s: RNG states not restored", layout, saved_layout
+        )
     if load_optim and common.get("precision", _precision(model)) != _precision(model):
         # fp32 and bf16 runs keep different optimizer states (bf16 adds fp32 main weights).
         raise ValueError(

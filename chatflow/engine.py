@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, Iterator, List, Optional
 
 import torch
 
@@ -29,7 +29,7 @@ from chatflow.config.parallel import ParallelConfig
 
 logger = logging.getLogger(__name__)
 
-Batch = Dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -46,18 +46,18 @@ class StepResult:
     """float64 ``[num_sources]``: loss tokens per source_id."""
     source_samples: torch.Tensor
     """float64 ``[num_sources]``: samples per source_id (the realised mix)."""
-    grad_norm: Optional[float] = None
+    grad_norm: float | None = None
     """Global gradient L2 norm before clipping (None for eval)."""
     skipped: bool = False
     """True when the optimizer skipped the update (fp16 overflow / NaN); LR is not advanced."""
-    lr: Optional[float] = None
+    lr: float | None = None
     """Learning rate used for this update."""
     data_wait_s: float = 0.0
     """Seconds this rank spent waiting for its data iterator."""
 
 
 def build_optimizer(
-    chunks: List[torch.nn.Module], optim: OptimizerConfig, parallel: ParallelConfig
+    chunks: list[torch.nn.Module], optim: OptimizerConfig, parallel: ParallelConfig
 ):
     """megatron-core optimizer (AdamW, fp32 main weights with bf16, optional distributed).
 
@@ -278,7 +278,7 @@ def _result(report: torch.Tensor, num_sources: int, **extra) -> StepResult:
 
 
 def train_step(
-    chunks: List[torch.nn.Module],
+    chunks: list[torch.nn.Module],
     optimizer,
     scheduler,
     data_iterator: Iterator[Batch],
@@ -326,7 +326,7 @@ def train_step(
 
 @torch.no_grad()
 def eval_step(
-    chunks: List[torch.nn.Module],
+    chunks: list[torch.nn.Module],
     data_iterator: Iterator[Batch],
     *,
     num_microbatches: int,

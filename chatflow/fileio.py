@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import IO, Iterator, Union
+from collections.abc import Iterator
+from typing import IO
 
 
 def fsync_dir(path: str) -> None:
@@ -58,7 +59,7 @@ def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
     fsync_dir(parent)
 
 
-def atomic_write(path: str, data: Union[str, bytes]) -> None:
+def atomic_write(path: str, data: str | bytes) -> None:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically."""
     if isinstance(data, str):
         with atomic_open(path, "w", encoding="utf-8") as f:

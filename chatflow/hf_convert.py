@@ -20,8 +20,9 @@ keys (``KEY_TABLE``'s last column), so checkpoints move between the local and th
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 class KeyRule:
     """One row of the HF <-> megatron-core key table. ``{i}`` stands for the layer number."""
 
-    hf: Tuple[str, ...]
+    hf: tuple[str, ...]
     """HF parameter name(s); several when megatron-core fuses them into one tensor."""
     mcore: str
     """megatron-core module parameter name (local spec)."""
@@ -47,7 +48,7 @@ class KeyRule:
 _L = "model.layers.{i}."
 _D = "decoder.layers.{i}."
 #: The whole mapping. Order follows the forward pass.
-KEY_TABLE: Tuple[KeyRule, ...] = (
+KEY_TABLE: tuple[KeyRule, ...] = (
     KeyRule(("model.embed_tokens.weight",), "embedding.word_embeddings.weight", "vocab",
             "embedding.word_embeddings.weight"),
     KeyRule((_L + "input_layernorm.weight",), _D + "input_layernorm.weight", "copy",
@@ -83,18 +84,18 @@ def _layered(rule: KeyRule) -> bool:
     return "{i}" in rule.mcore
 
 
-def _names(rule: KeyRule, layer: Optional[int]) -> Tuple[Tuple[str, ...], str]:
+def _names(rule: KeyRule, layer: int | None) -> tuple[tuple[str, ...], str]:
     fmt = {"i": layer} if layer is not None else {}
     return tuple(n.format(**fmt) for n in rule.hf), rule.mcore.format(**fmt)
 
 
-def _iter_rules(num_layers: int) -> Iterator[Tuple[KeyRule, Tuple[str, ...], str]]:
+def _iter_rules(num_layers: int) -> Iterator[tuple[KeyRule, tuple[str, ...], str]]:
     for rule in KEY_TABLE:
         for layer in range(num_layers) if _layered(rule) else [None]:
             yield (rule, *_names(rule, layer))
 
 
-def _rope_type_and_theta(hf_config: Any) -> Tuple[str, float]:
+def _rope_type_and_theta(hf_config: Any) -> tuple[str, float]:
     # transformers >= 5 keeps RoPE settings in `rope_parameters` (rope_scaling folded in);
     # older versions have `rope_theta` and `rope_scaling` attributes.
     params = getattr(hf_config, "rope_parameters", None) or {}
@@ -197,7 +198,7 @@ def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfi
     return torch.cat(parts, dim=1).reshape(-1, h)
 
 
-def _split_qkv(qkv: torch.Tensor, cfg: ModelConfig) -> Tuple[torch.Tensor, ...]:
+def _split_qkv(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
     groups, d, h = cfg.num_query_groups, cfg.kv_channels, cfg.hidden_size
     per_group = cfg.num_attention_heads // groups
     q, k, v = qkv.reshape(groups, (per_group + 2) * d, h).split([per_group * d, d, d], dim=1)
@@ -217,12 +218,12 @@ def _pad_vocab(weight: torch.Tensor, rows: int, mode: str) -> torch.Tensor:
     return torch.cat([weight, fill], dim=0)
 
 
-def _check(name: str, tensor: torch.Tensor, shape: Tuple[int, ...]) -> None:
+def _check(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != shape:
         raise ValueError(f"{name}: shape {tuple(tensor.shape)}, the config implies {shape}")
 
 
-def _hf_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
+def _hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     h, f, kv = cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_query_groups * cfg.kv_channels
     return {
         "embed_tokens": (cfg.vocab_size, h), "lm_head": (cfg.vocab_size, h), "norm": (h,),
@@ -231,7 +232,7 @@ def _hf_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
     }  # fmt: skip
 
 
-def _expected(name: str, shapes: Dict[str, Tuple[int, ...]]) -> Tuple[int, ...]:
+def _expected(name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
     for part, shape in shapes.items():
         if part in name:
             return shape
@@ -243,7 +244,7 @@ def iter_hf_to_mcore(
     cfg: ModelConfig,
     tensor_parallel_size: int = 1,
     padding: str = "zeros",
-) -> Iterator[Tuple[str, torch.Tensor]]:
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yields ``(mcore name, tensor)`` one at a time, so a large model is converted tensor by
     tensor: ``hf_state`` may be a lazy mapping that reads each tensor from disk on access.
 
@@ -296,7 +297,7 @@ def hf_to_mcore_state_dict(
     cfg: ModelConfig,
     tensor_parallel_size: int = 1,
     padding: str = "zeros",
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """Full HF state dict -> full megatron-core ``GPTModel`` state dict (local-spec names).
 
     Unknown HF keys are an error (a sign of a non-LLaMA2 checkpoint), except the rotary buffers
@@ -308,19 +309,19 @@ def hf_to_mcore_state_dict(
 
 def mcore_to_hf_state_dict(
     mcore_state: Mapping[str, torch.Tensor], cfg: ModelConfig
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """Full megatron-core ``GPTModel`` state dict -> HF ``LlamaForCausalLM`` state dict.
 
     The inverse of :func:`hf_to_mcore_state_dict`: splits QKV and gate/up and drops the vocabulary
     padding rows. ``_extra_state`` entries (TE/FP8 metadata) are ignored.
     """
-    out: Dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     for rule, hf_names, mcore_name in _iter_rules(cfg.num_layers):
         if mcore_name not in mcore_state:
             raise KeyError(f"megatron-core state has no {mcore_name!r}")
         tensor = mcore_state[mcore_name]
         if rule.kind == "qkv":
-            parts: Tuple[torch.Tensor, ...] = _split_qkv(tensor, cfg)
+            parts: tuple[torch.Tensor, ...] = _split_qkv(tensor, cfg)
         elif rule.kind == "gate_up":
             parts = tuple(tensor.chunk(2, dim=0))
         elif rule.kind == "vocab":

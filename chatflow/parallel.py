@@ -9,7 +9,6 @@ import os
 import random
 import socket
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -58,7 +57,7 @@ def _free_port() -> int:
 def initialize(
     parallel: ParallelConfig,
     seed: int = 1234,
-    backend: Optional[str] = None,
+    backend: str | None = None,
     timeout_minutes: int = 30,
 ) -> DistributedInfo:
     """Initialises torch.distributed and megatron-core's parallel state, then seeds every RNG.

@@ -1,10 +1,10 @@
 """Chinese vocabulary expansion of a LLaMA-style sentencepiece model, and embedding initialization.
 
 LLaMA2's 32,000-piece tokenizer holds fewer than a thousand CJK characters; every other one falls
-back to its three UTF-8 byte pieces, so Chinese text costs up to three tokens per character. The ChatFlow
-authors' related models append 8,076 common Chinese characters and punctuation to the vocabulary
-and start each new embedding/output row as the mean of the rows of the pieces the *old* tokenizer
-splits it into. This module does both halves:
+back to its three UTF-8 byte pieces, so Chinese text costs up to three tokens per character. The
+ChatFlow authors' related models append 8,076 common Chinese characters and punctuation to the
+vocabulary and start each new embedding/output row as the mean of the rows of the pieces the *old*
+tokenizer splits it into. This module does both halves:
 
 * :func:`expand_model` appends pieces to a sentencepiece ``ModelProto``. New pieces go strictly
   *after* the existing ones, so every old id (control, byte-fallback and normal pieces) keeps its

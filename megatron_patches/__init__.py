@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import logging
 from importlib import metadata
-from typing import List, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ TORCH_ADAM_PATCHES = ("distrib_optim_load",)
 _ALL_PATCHES = ALWAYS_PATCHES + CPU_PATCHES + TORCH_ADAM_PATCHES
 
 
-def check_version(installed: Optional[str] = None) -> str:
+def check_version(installed: str | None = None) -> str:
     """Checks that the installed megatron-core is the pinned version.
 
     Args:
@@ -65,7 +64,7 @@ def _module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def apply(cuda_available: Optional[bool] = None) -> List[str]:
+def apply(cuda_available: bool | None = None) -> list[str]:
     """Checks the version and applies every patch this machine needs. Idempotent.
 
     Args:
@@ -102,6 +101,6 @@ def revert() -> None:
         _module(name).revert()
 
 
-def applied() -> List[str]:
+def applied() -> list[str]:
     """Names of the patches currently active."""
     return [n for n in _ALL_PATCHES if _module(n).is_applied()]

@@ -11,7 +11,8 @@ the backward pass sees the mode too.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -23,9 +24,9 @@ ArgRewriter = Callable[[Callable, tuple, dict], "tuple[tuple, dict]"]
 #: Replacement for one specific function: ``(func, args, kwargs) -> result``.
 Handler = Callable[[Callable, tuple, dict], Any]
 
-_REWRITERS: List[ArgRewriter] = []
-_HANDLERS: Dict[Callable, Handler] = {}
-_MODE: Optional["_PatchMode"] = None
+_REWRITERS: list[ArgRewriter] = []
+_HANDLERS: dict[Callable, Handler] = {}
+_MODE: _PatchMode | None = None
 
 
 class _PatchMode(TorchFunctionMode):
@@ -41,7 +42,7 @@ class _PatchMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def register(rewriter: Optional[ArgRewriter] = None, handlers: Optional[dict] = None) -> None:
+def register(rewriter: ArgRewriter | None = None, handlers: dict | None = None) -> None:
     """Adds an argument rewriter and/or per-function handlers (idempotent) and installs the mode."""
     if rewriter is not None and rewriter not in _REWRITERS:
         _REWRITERS.append(rewriter)
@@ -50,7 +51,7 @@ def register(rewriter: Optional[ArgRewriter] = None, handlers: Optional[dict] = 
     _install()
 
 
-def unregister(rewriter: Optional[ArgRewriter] = None, handlers: Optional[dict] = None) -> None:
+def unregister(rewriter: ArgRewriter | None = None, handlers: dict | None = None) -> None:
     """Removes what :func:`register` added; pops the mode when nothing is left."""
     if rewriter is not None and rewriter in _REWRITERS:
         _REWRITERS.remove(rewriter)

@@ -16,11 +16,11 @@ Removable when
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
-_saved: Optional[Dict[str, Any]] = None
+_saved: dict[str, Any] | None = None
 
 
 @functools.lru_cache(maxsize=8)

@@ -34,9 +34,10 @@ Removable when
 from __future__ import annotations
 
 import queue
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
-_original_save: Optional[Callable[..., Any]] = None
+_original_save: Callable[..., Any] | None = None
 
 
 def _save_with_local_queue(self, sharded_state_dict, checkpoint_dir):

@@ -22,13 +22,14 @@ Removable when
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from megatron_patches import _torch_mode
 
-_ORIGINAL_CURRENT_DEVICE: Optional[Callable[[], Any]] = None
+_ORIGINAL_CURRENT_DEVICE: Callable[[], Any] | None = None
 
 
 def _rewrite_device(func, args, kwargs):

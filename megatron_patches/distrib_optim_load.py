@@ -34,13 +34,14 @@ Removable when
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-_original: Optional[Callable[..., Any]] = None
-_original_state_dict: Optional[Callable[..., Any]] = None
-_original_load_state_dict: Optional[Callable[..., Any]] = None
+_original: Callable[..., Any] | None = None
+_original_state_dict: Callable[..., Any] | None = None
+_original_load_state_dict: Callable[..., Any] | None = None
 
 
 def uses_torch_adam() -> bool:

@@ -21,11 +21,11 @@ Removable when
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
-_saved: Optional[Dict[str, Any]] = None
+_saved: dict[str, Any] | None = None
 
 
 def _get_cpu_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False):

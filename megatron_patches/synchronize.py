@@ -15,11 +15,12 @@ Removable when
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-_original: Optional[Callable[..., Any]] = None
+_original: Callable[..., Any] | None = None
 
 
 def _noop_synchronize(device: Any = None) -> None:

@@ -24,7 +24,6 @@ from _trainer_helpers import (
 
 from chatflow.checkpointing import TRACKER_FILE, complete_checkpoints, read_tracker
 
-
 # Distributed optimizer on, so its sharded state is what gets saved and resharded.
 COMMON = ["--use-distributed-optimizer", "--save-interval", "3"]
 

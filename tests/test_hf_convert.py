@@ -202,11 +202,17 @@ def _forward(ckpt: str, tp: int, tokens: torch.Tensor) -> dict:
             checkpointing.load_checkpoint(CheckpointConfig(load=ckpt), chunks, optimizer, scheduler)
         with pytest.raises(ValueError, match=f"vocabulary of {VOCAB} tokens"):
             checkpointing.load_checkpoint(
-                CheckpointConfig(load=ckpt, finetune=True), chunks, optimizer, scheduler,
+                CheckpointConfig(load=ckpt, finetune=True),
+                chunks,
+                optimizer,
+                scheduler,
                 vocab_size=VOCAB + 1,
             )
         result = checkpointing.load_checkpoint(
-            CheckpointConfig(load=ckpt, finetune=True), chunks, optimizer, scheduler,
+            CheckpointConfig(load=ckpt, finetune=True),
+            chunks,
+            optimizer,
+            scheduler,
             vocab_size=VOCAB,
         )
         assert result == {"iteration": 0, "train_state": None}

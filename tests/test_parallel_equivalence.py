@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
 
 import pytest
 import torch
@@ -43,7 +43,7 @@ LAYOUTS = {
 RESUME_LAYOUT, RESUME_AFTER = "dp2_distopt", 1
 
 
-def _configs(layout: Dict):
+def _configs(layout: dict):
     from chatflow.config import ModelConfig, OptimizerConfig, ParallelConfig
 
     model = ModelConfig.from_preset(
@@ -54,7 +54,7 @@ def _configs(layout: Dict):
     return model, ParallelConfig(**layout), optim
 
 
-def _global_batch(step: int) -> List[Dict[str, torch.Tensor]]:
+def _global_batch(step: int) -> list[dict[str, torch.Tensor]]:
     """Samples of one global batch, a pure function of the step."""
     g = torch.Generator().manual_seed(1000 + step)
     samples = []
@@ -82,7 +82,7 @@ EXPECTED_LOSSES_FILE = Path(__file__).parent / "assets" / "debug_model_losses.js
 BATCH_ORDER = list(range(STEPS)) + [1]
 
 
-def _iterator(dp_rank: int, dp_size: int) -> Iterator[Dict[str, torch.Tensor]]:
+def _iterator(dp_rank: int, dp_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """This DP rank's micro-batches: a contiguous slice of each global batch."""
     per_rank = GLOBAL_BATCH // dp_size
     for step in BATCH_ORDER:
@@ -92,9 +92,7 @@ def _iterator(dp_rank: int, dp_size: int) -> Iterator[Dict[str, torch.Tensor]]:
             yield {k: torch.stack([s[k] for s in group]) for k in group[0]}
 
 
-def _train(
-    layout: Dict, init_dir: Path, save: bool, resume_dir: Optional[Path] = None
-) -> List[Dict]:
+def _train(layout: dict, init_dir: Path, save: bool, resume_dir: Path | None = None) -> list[dict]:
     """Builds the layout on the running process group, trains STEPS steps, tears down.
 
     With ``resume_dir``, saves model + optimizer after RESUME_AFTER steps and continues in a
@@ -163,7 +161,7 @@ def _save_and_restore(chunks, optimizer, scheduler, model, par, optim, ckpt_dir:
     return chunks, optimizer, scheduler
 
 
-def _as_dict(r) -> Dict:
+def _as_dict(r) -> dict:
     return dict(
         loss=r.loss,
         num_tokens=r.num_tokens,

@@ -27,8 +27,9 @@ def _noop() -> None:
         lambda: multiprocessing.get_context("fork").Process(target=_noop).start(),
         lambda: os.fork(),
         lambda: os.system("true"),
-        lambda: dist.init_process_group("gloo", init_method="tcp://127.0.0.1:1", rank=0,
-                                        world_size=1),  # fmt: skip
+        lambda: dist.init_process_group(
+            "gloo", init_method="tcp://127.0.0.1:1", rank=0, world_size=1
+        ),  # fmt: skip
     ],
     ids=["subprocess.run", "Popen", "mp-spawn", "mp-fork", "os.fork", "os.system", "init_pg"],
 )

@@ -15,7 +15,6 @@ from _trainer_helpers import REPO, TINY_MODEL, free_port, write_corpus
 from chatflow.checkpointing import complete_checkpoints, read_tracker
 from chatflow.metrics import read_metrics
 
-
 GLOBAL_BATCH, ITERS = 8, 8
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import inspect
 import textwrap
 import types
-from typing import Any, Dict, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -22,11 +22,11 @@ def flag(name: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     return dataclasses.field(metadata={"flag": name}, **kwargs)
 
 
-def field_docs(cls: type) -> Dict[str, str]:
+def field_docs(cls: type) -> dict[str, str]:
     """Returns ``{field name: docstring}`` from the string literals under each annotated field."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
-    docs: Dict[str, str] = {}
+    docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:], strict=False):
         if (
             isinstance(node, ast.AnnAssign)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from chatflow.config._fields import documented, flag
 
@@ -21,10 +20,10 @@ class CheckpointConfig:
     so a crash mid-save leaves the previous checkpoint as the one that loads.
     """
 
-    save: Optional[str] = flag("--save", None)
+    save: str | None = flag("--save", None)
     """Checkpoint directory (also receives metrics.jsonl); None disables saving."""
 
-    load: Optional[str] = flag("--load", None)
+    load: str | None = flag("--load", None)
     """Checkpoint directory to start from while ``save`` holds none (``save`` wins once it has
     one, so a restarted job resumes itself)."""
 

@@ -18,7 +18,8 @@ import dataclasses
 import os
 import types
 import typing
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -32,7 +33,7 @@ from chatflow.config.train import TrainConfig
 from chatflow.fileio import atomic_open
 
 
-def _section_classes() -> Dict[str, type]:
+def _section_classes() -> dict[str, type]:
     return {
         "model": ModelConfig,
         "parallel": ParallelConfig,
@@ -48,7 +49,7 @@ class ConfigError(ValueError):
     """A setting is invalid; the message names the flag, field or file."""
 
 
-def _unwrap_optional(tp: Any) -> Tuple[Any, bool]:
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     """(inner type, is_optional) for ``Optional[X]`` / ``X | None``; (tp, False) otherwise."""
     origin = typing.get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:
@@ -61,7 +62,7 @@ def _unwrap_optional(tp: Any) -> Tuple[Any, bool]:
 def _add_field(group: argparse._ArgumentGroup, section: str, f: dataclasses.Field, tp: Any) -> None:
     meta = f.metadata
     flags = [meta["flag"], *meta.get("aliases", [])]
-    kwargs: Dict[str, Any] = {
+    kwargs: dict[str, Any] = {
         "dest": f"{section}.{f.name}",
         "default": argparse.SUPPRESS,  # only flags actually given override the file/defaults
         "help": meta.get("help", ""),
@@ -72,7 +73,7 @@ def _add_field(group: argparse._ArgumentGroup, section: str, f: dataclasses.Fiel
         # --bf16 / --no-bf16; a flag that is already negative (--no-load-optim) only sets True.
         negative = meta["flag"].startswith("--no-")
         kwargs["action"] = "store_true" if negative else argparse.BooleanOptionalAction
-    elif origin in (list, List, tuple, Sequence):
+    elif origin in (list, list, tuple, Sequence):
         (elem,) = typing.get_args(inner)[:1] or (str,)
         kwargs.update(nargs="+", type=elem)
     else:
@@ -84,7 +85,7 @@ def _add_field(group: argparse._ArgumentGroup, section: str, f: dataclasses.Fiel
     group.add_argument(*flags, **kwargs)
 
 
-def build_parser(sections: Optional[Mapping[str, type]] = None) -> argparse.ArgumentParser:
+def build_parser(sections: Mapping[str, type] | None = None) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with one group per config section and ``--config FILE``."""
     sections = sections or _section_classes()
     parser = argparse.ArgumentParser(
@@ -106,7 +107,7 @@ def build_parser(sections: Optional[Mapping[str, type]] = None) -> argparse.Argu
     return parser
 
 
-def _read_yaml(path: str, sections: Mapping[str, type]) -> Dict[str, Dict[str, Any]]:
+def _read_yaml(path: str, sections: Mapping[str, type]) -> dict[str, dict[str, Any]]:
     if not os.path.isfile(path):
         raise ConfigError(f"--config: file not found: {path}")
     with open(path) as fh:
@@ -116,7 +117,7 @@ def _read_yaml(path: str, sections: Mapping[str, type]) -> Dict[str, Dict[str, A
             raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of section names")
-    out: Dict[str, Dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for section, values in raw.items():
         if section not in sections:
             raise ConfigError(f"{path}: unknown section {section!r} (known: {', '.join(sections)})")
@@ -133,10 +134,10 @@ def _read_yaml(path: str, sections: Mapping[str, type]) -> Dict[str, Dict[str, A
 
 
 def parse_config(
-    argv: Optional[Sequence[str]] = None,
-    world_size: Optional[int] = None,
-    sections: Optional[Mapping[str, type]] = None,
-) -> "JobConfig":
+    argv: Sequence[str] | None = None,
+    world_size: int | None = None,
+    sections: Mapping[str, type] | None = None,
+) -> JobConfig:
     """Parse ``argv`` (and ``--config``) into a validated ``JobConfig``.
 
     Args:
@@ -149,7 +150,7 @@ def parse_config(
     """
     sections = dict(sections or _section_classes())
     args = vars(build_parser(sections).parse_args(argv))
-    values: Dict[str, Dict[str, Any]] = {name: {} for name in sections}
+    values: dict[str, dict[str, Any]] = {name: {} for name in sections}
     if args.get("config"):
         for name, entries in _read_yaml(args["config"], sections).items():
             values[name].update(entries)
@@ -184,7 +185,7 @@ def _with_flag(message: str, cls: type) -> str:
     return message
 
 
-def _build_model(cls: type, preset: Optional[str], values: Dict[str, Any], data: Dict[str, Any]):
+def _build_model(cls: type, preset: str | None, values: dict[str, Any], data: dict[str, Any]):
     """ModelConfig from a preset (or explicit shape flags) and the tokenizer's vocabulary."""
     values = dict(values)
     if "vocab_size" not in values and data.get("tokenizer_model"):
@@ -232,7 +233,7 @@ class JobConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from e
 
-    def to_dict(self) -> Dict[str, Dict[str, Any]]:
+    def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (for metrics headers, wandb config and config.yaml dumps)."""
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
 

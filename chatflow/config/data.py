@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional
 
 from chatflow.config._fields import documented, flag
 
@@ -20,20 +19,20 @@ class DataConfig:
     instead of after model construction on every rank.
     """
 
-    data_schedule: Optional[str] = flag("--data-schedule", None)
+    data_schedule: str | None = flag("--data-schedule", None)
     """Path of the schedule YAML (see examples/chatflow_schedule.yaml)."""
 
-    data_root: Optional[str] = flag("--data-root", None)
+    data_root: str | None = flag("--data-root", None)
     """Directory the schedule's relative shard prefixes resolve against (default: the YAML's
     ``data_root``, else the YAML file's directory)."""
 
-    data_path: Optional[List[str]] = flag("--data-path", None)
+    data_path: list[str] | None = flag("--data-path", None)
     """Constant blend in Megatron's format, used when no schedule file is given."""
 
-    tokenizer_model: Optional[str] = flag("--tokenizer-model", None)
+    tokenizer_model: str | None = flag("--tokenizer-model", None)
     """LLaMA2-style sentencepiece model; its vocabulary size sizes the embedding."""
 
-    data_cache_path: Optional[str] = flag("--data-cache-path", None)
+    data_cache_path: str | None = flag("--data-cache-path", None)
     """Where the index arrays (.npy) are cached; build them offline with tools/build_index.py."""
 
     split: str = flag("--split", "99,1")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from chatflow.config._fields import documented, flag
 
@@ -23,22 +22,22 @@ class LoggingConfig:
     log_interval: int = flag("--log-interval", 10)
     """Log (console, metrics file, wandb) every this many iterations."""
 
-    metrics_file: Optional[str] = flag("--metrics-file", None)
+    metrics_file: str | None = flag("--metrics-file", None)
     """Where metrics are appended as one JSON object per log interval; None: beside --save."""
 
-    wandb_project: Optional[str] = flag("--wandb-project", None)
+    wandb_project: str | None = flag("--wandb-project", None)
     """wandb project; None disables wandb."""
 
-    wandb_exp_name: Optional[str] = flag("--wandb-exp-name", None)
+    wandb_exp_name: str | None = flag("--wandb-exp-name", None)
     """wandb run name (default: wandb's generated name)."""
 
-    wandb_save_dir: Optional[str] = flag("--wandb-save-dir", None)
+    wandb_save_dir: str | None = flag("--wandb-save-dir", None)
     """Directory for wandb's local files."""
 
     wandb_mode: str = flag("--wandb-mode", "offline")
     """wandb mode; offline so that a run on a cluster without internet never blocks."""
 
-    peak_tflops: Optional[float] = flag("--peak-tflops", None)
+    peak_tflops: float | None = flag("--peak-tflops", None)
     """Peak TFLOP/s of one device in the training dtype; None looks it up by device name."""
 
     log_level: str = flag("--log-level", "INFO")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any
 
 from chatflow.config._fields import documented, flag, require
 
 #: Published LLaMA2 shapes (Touvron et al. 2023, table 1 and the released configs).
-PRESETS: Dict[str, Dict[str, Any]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "7b": dict(
         num_layers=32, hidden_size=4096, ffn_hidden_size=11008, num_attention_heads=32,
         num_query_groups=32, seq_length=4096,
@@ -49,11 +49,11 @@ class ModelConfig:
     """Number of query heads."""
     vocab_size: int = flag("--vocab-size")
     """Tokenizer vocabulary size (unpadded); the model pads it, see make_vocab_size_divisible_by."""
-    num_query_groups: Optional[int] = flag("--num-query-groups", None)
+    num_query_groups: int | None = flag("--num-query-groups", None)
     """Number of key/value heads (GQA); None means one per query head (plain multi-head)."""
     seq_length: int = flag("--seq-length", 4096)
     """Training sequence length in tokens."""
-    max_position_embeddings: Optional[int] = flag("--max-position-embeddings", None)
+    max_position_embeddings: int | None = flag("--max-position-embeddings", None)
     """Longest sequence the RoPE tables cover; None means seq_length."""
     make_vocab_size_divisible_by: int = flag("--make-vocab-size-divisible-by", 128)
     """Pad the vocabulary to a multiple of this times the tensor-parallel size."""
@@ -67,11 +67,11 @@ class ModelConfig:
     """Dropout on attention probabilities (LLaMA2: 0)."""
     hidden_dropout: float = flag("--hidden-dropout", 0.0)
     """Dropout on the residual branches (LLaMA2: 0)."""
-    recompute_granularity: Optional[str] = flag("--recompute-granularity", None)
+    recompute_granularity: str | None = flag("--recompute-granularity", None)
     """Activation recomputation: None, 'full' (whole layers) or 'selective' (attention core)."""
-    recompute_method: Optional[str] = flag("--recompute-method", None)
+    recompute_method: str | None = flag("--recompute-method", None)
     """For 'full' recomputation: 'uniform' (chunks of layers) or 'block' (first N layers)."""
-    recompute_num_layers: Optional[int] = flag("--recompute-num-layers", None)
+    recompute_num_layers: int | None = flag("--recompute-num-layers", None)
     """For 'full' recomputation: layers per chunk ('uniform') or recomputed layers ('block')."""
 
     def __post_init__(self) -> None:
@@ -134,7 +134,7 @@ class ModelConfig:
             )
 
     @classmethod
-    def from_preset(cls, name: str, vocab_size: int, **overrides: Any) -> "ModelConfig":
+    def from_preset(cls, name: str, vocab_size: int, **overrides: Any) -> ModelConfig:
         """Builds a preset ('7b', '13b', '70b', 'tiny') with the tokenizer's vocabulary size.
 
         Args:
@@ -156,7 +156,7 @@ class ModelConfig:
         multiple = self.make_vocab_size_divisible_by * tensor_parallel_size
         return -(-self.vocab_size // multiple) * multiple
 
-    def num_parameters(self, tensor_parallel_size: Optional[int] = None) -> int:
+    def num_parameters(self, tensor_parallel_size: int | None = None) -> int:
         """Exact parameter count, computed analytically (no model is built).
 
         Args:
@@ -183,6 +183,6 @@ class ModelConfig:
         matmul_params = self.num_parameters() - self.vocab_size * self.hidden_size
         return 6.0 * matmul_params + 12.0 * self.num_layers * self.hidden_size * self.seq_length
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)

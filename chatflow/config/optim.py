@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from chatflow.config._fields import documented, flag, require
 
@@ -21,7 +20,7 @@ class OptimizerConfig:
     """Learning rate at the end of the decay (and after it)."""
     lr_warmup_samples: int = flag("--lr-warmup-samples", 0)
     """Samples of linear warmup from 0 to lr."""
-    lr_decay_samples: Optional[int] = flag("--lr-decay-samples", None)
+    lr_decay_samples: int | None = flag("--lr-decay-samples", None)
     """Samples from the start until the decay reaches min_lr; None means the whole run."""
     lr_decay_style: str = flag("--lr-decay-style", "cosine")
     """Decay after warmup: 'cosine', 'linear' or 'constant'."""

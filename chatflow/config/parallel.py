@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from chatflow.config._fields import documented, flag, require
 from chatflow.config.model import ModelConfig
@@ -18,7 +17,7 @@ class ParallelConfig:
     """Tensor-parallel size (splits heads and the MLP width; keep it within a node)."""
     pipeline_model_parallel_size: int = flag("--pipeline-model-parallel-size", 1)
     """Pipeline-parallel size (splits the layers into consecutive stages)."""
-    virtual_pipeline_model_parallel_size: Optional[int] = flag(
+    virtual_pipeline_model_parallel_size: int | None = flag(
         "--num-virtual-stages-per-pipeline-rank", None
     )
     """Model chunks per pipeline rank for the interleaved 1F1B schedule; None disables it."""
@@ -88,7 +87,7 @@ class ParallelConfig:
         )
         return world_size // self.model_parallel_size
 
-    def validate(self, model: ModelConfig, world_size: Optional[int] = None) -> None:
+    def validate(self, model: ModelConfig, world_size: int | None = None) -> None:
         """Checks that ``model`` can be split this way (and over ``world_size`` processes).
 
         Raises:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from chatflow.config._fields import documented, flag
 
@@ -27,7 +26,7 @@ class TrainConfig:
     train_samples: int = flag("--train-samples", 1024)
     """Run length in samples; the data schedule and LR schedule are defined over it."""
 
-    exit_interval: Optional[int] = flag("--exit-interval", None)
+    exit_interval: int | None = flag("--exit-interval", None)
     """Stop early at this iteration, e.g. to fit a job in a scheduler slot; resume continues."""
 
     exit_signal_handler: bool = flag("--exit-signal-handler", False)

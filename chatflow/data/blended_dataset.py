@@ -22,8 +22,8 @@ Index arrays are cached under ``cache_dir`` (see :mod:`chatflow.data.index_cache
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -56,7 +56,8 @@ class BlendedDatasetConfig:
         reset_position_ids: restart position ids after every EOD.
         reset_attention_mask: block attention across EOD (adds ``attention_mask`` to samples).
         eod_mask_loss: no loss where the input token is EOD.
-        exact_blend: exact deficit blending (O(N K)); ``False`` uses the fast O(N) mode (many sources).
+        exact_blend: exact deficit blending (O(N K)); ``False`` uses the fast O(N) mode (for many
+            sources).
         shuffle_block: per-source sample shuffle block (``None``: one epoch of that source).
         use_loss_mask: read ``<prefix>_loss_mask`` shards where they exist.
     """
@@ -64,14 +65,14 @@ class BlendedDatasetConfig:
     seq_length: int
     num_samples: int
     seed: int = 1234
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
     valid_fraction: float = 0.0
-    eod_id: Optional[int] = None
+    eod_id: int | None = None
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
     eod_mask_loss: bool = False
     exact_blend: bool = True
-    shuffle_block: Optional[int] = None
+    shuffle_block: int | None = None
     use_loss_mask: bool = True
 
     def __post_init__(self) -> None:
@@ -212,7 +213,7 @@ def build_segment_blend(
     return dataset_index, sample_index
 
 
-SourceSpec = Union[Schedule, Sequence[Segment]]
+SourceSpec = Schedule | Sequence[Segment]
 
 
 class RetiredSource:
@@ -250,7 +251,7 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
         self,
         config: BlendedDatasetConfig,
         schedule: SourceSpec,
-        cache: Optional[IndexCache] = None,
+        cache: IndexCache | None = None,
     ) -> None:
         if isinstance(schedule, Schedule):
             segments: tuple[Segment, ...] = (Segment(0, schedule, config.num_samples),)
@@ -299,7 +300,7 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
         self.source_samples = np.asarray(arrays["source_samples"])
 
         options = config.sample_options()
-        self.sources: list[Union[SourceDataset, RetiredSource]] = []
+        self.sources: list[SourceDataset | RetiredSource] = []
         for name, prefix, count in zip(self.names, self.prefixes, self.source_samples):
             if name not in current.names and not shard_exists(prefix):
                 logger.warning(
@@ -359,7 +360,7 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
         counts = np.bincount(np.asarray(self.dataset_index[:position]), minlength=len(self.names))
         return {name: int(c) for name, c in zip(self.names, counts)}
 
-    def validation_datasets(self, num_samples: Optional[int] = None) -> dict[str, SourceDataset]:
+    def validation_datasets(self, num_samples: int | None = None) -> dict[str, SourceDataset]:
         """Per-source validation datasets on held-out documents of the current schedule's sources.
 
         A source whose held-out documents are too few for a sample (a tiny shard) is left out,

@@ -22,7 +22,8 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ CACHE_FORMAT_VERSION = 1
 _MARKER = "complete.json"
 
 # Test hook: called with each array's name right after it is written (crash tests kill here).
-_after_array_written: Optional[Callable[[str], None]] = None
+_after_array_written: Callable[[str], None] | None = None
 
 
 def fingerprint(description: Mapping[str, Any]) -> str:
@@ -97,7 +98,7 @@ class IndexCache:
             :meth:`get_or_build` for the same entries in the same order).
     """
 
-    def __init__(self, cache_dir: Optional[str], distributed: bool = True) -> None:
+    def __init__(self, cache_dir: str | None, distributed: bool = True) -> None:
         self.cache_dir = os.path.abspath(cache_dir) if cache_dir else None
         self.distributed = distributed
 
@@ -138,7 +139,7 @@ class IndexCache:
             return result if result is not None else self._get_or_build(path, description, build)
         return self._get_or_build(path, description, build)
 
-    def load(self, kind: str, description: Mapping[str, Any]) -> Optional[dict[str, np.ndarray]]:
+    def load(self, kind: str, description: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
         """The cached arrays of ``description``, or ``None`` when absent or incomplete."""
         if self.cache_dir is None:
             return None
@@ -191,7 +192,7 @@ class IndexCache:
         logger.info("index cache: built %s in %.2fs", path, time.monotonic() - start)
 
     @staticmethod
-    def _load(path: str) -> Optional[dict[str, np.ndarray]]:
+    def _load(path: str) -> dict[str, np.ndarray] | None:
         marker = os.path.join(path, _MARKER)
         if not os.path.isfile(marker):
             return None

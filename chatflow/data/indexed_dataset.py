@@ -15,7 +15,7 @@ from __future__ import annotations
 import array
 import os
 import struct
-from typing import Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -155,14 +155,16 @@ class IndexedDataset:
         """Total number of tokens in the shard."""
         return len(self._bin)
 
-    def get(self, i: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
+    def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
         """Tokens ``[offset, offset + length)`` of sequence ``i`` as a view (no copy)."""
         n = int(self.sequence_lengths[i])
         if length is None:
             length = n - offset
         if offset < 0 or length < 0 or offset + length > n:
-            raise IndexError(f"{self.prefix}: slice [{offset}, {offset + length}) of sequence {i} "
-                             f"with {n} tokens")
+            raise IndexError(
+                f"{self.prefix}: slice [{offset}, {offset + length}) of sequence {i} "
+                f"with {n} tokens"
+            )
         start = int(self.sequence_pointers[i]) // self.dtype.itemsize + offset
         return self._bin[start : start + length]
 
@@ -183,7 +185,7 @@ class IndexedDatasetWriter:
         dtype: token dtype (see :func:`token_dtype`).
     """
 
-    def __init__(self, prefix: str, dtype: Union[type, np.dtype]) -> None:
+    def __init__(self, prefix: str, dtype: type | np.dtype) -> None:
         self.prefix = prefix
         self.dtype = np.dtype(dtype)
         if self.dtype not in _CODE_OF:
@@ -198,7 +200,7 @@ class IndexedDatasetWriter:
         self._doc_indices = array.array("q", [0])
         self._closed = False
 
-    def add_sequence(self, tokens: Union[np.ndarray, Sequence[int]]) -> None:
+    def add_sequence(self, tokens: np.ndarray | Sequence[int]) -> None:
         """Append one sequence to the current (open) document."""
         arr = np.asarray(tokens, dtype=self.dtype)
         if arr.ndim != 1:
@@ -210,17 +212,17 @@ class IndexedDatasetWriter:
         """Close the current document after the sequences added since the last call."""
         self._doc_indices.append(len(self._lengths))
 
-    def add_document(self, tokens: Union[np.ndarray, Sequence[int]]) -> None:
+    def add_document(self, tokens: np.ndarray | Sequence[int]) -> None:
         """Append a document made of one sequence."""
         self.add_sequence(tokens)
         self.end_document()
 
-    def add_documents(self, docs: Iterable[Union[np.ndarray, Sequence[int]]]) -> None:
+    def add_documents(self, docs: Iterable[np.ndarray | Sequence[int]]) -> None:
         """Append several one-sequence documents."""
         for doc in docs:
             self.add_document(doc)
 
-    def add_shard(self, other: Union[str, IndexedDataset]) -> None:
+    def add_shard(self, other: str | IndexedDataset) -> None:
         """Append every document of another shard (same dtype), copying its data in bulk."""
         src = other if isinstance(other, IndexedDataset) else IndexedDataset(other)
         if src.dtype != self.dtype:
@@ -250,8 +252,9 @@ class IndexedDatasetWriter:
             np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
         with open(self._tmp_idx, "wb") as f:
             f.write(
-                _HEADER.pack(MAGIC, VERSION, _CODE_OF[self.dtype], len(lengths),
-                             len(self._doc_indices))
+                _HEADER.pack(
+                    MAGIC, VERSION, _CODE_OF[self.dtype], len(lengths), len(self._doc_indices)
+                )
             )
             f.write(lengths.tobytes())
             f.write(pointers.tobytes())
@@ -274,7 +277,7 @@ class IndexedDatasetWriter:
                 os.unlink(p)
         self._closed = True
 
-    def __enter__(self) -> "IndexedDatasetWriter":
+    def __enter__(self) -> IndexedDatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

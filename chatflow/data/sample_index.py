@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -211,7 +210,7 @@ def build_source_indices(
     num_samples: int,
     seed: int,
     shuffle_block: int,
-    tokens_per_epoch: Optional[int] = None,
+    tokens_per_epoch: int | None = None,
 ) -> SourceIndices:
     """All indices of one source for ``num_samples`` samples of ``seq_length`` (+1) tokens.
 

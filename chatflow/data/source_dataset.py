@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -54,7 +53,7 @@ class SampleOptions:
     """
 
     seq_length: int
-    eod_id: Optional[int] = None
+    eod_id: int | None = None
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
     eod_mask_loss: bool = False
@@ -92,15 +91,15 @@ class SourceDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         prefix: str,
-        num_samples: Optional[int],
+        num_samples: int | None,
         options: SampleOptions,
         seed: int,
         *,
         split: str = "train",
         valid_fraction: float = 0.0,
-        shuffle_block: Optional[int] = None,
-        cache: Optional[IndexCache] = None,
-        name: Optional[str] = None,
+        shuffle_block: int | None = None,
+        cache: IndexCache | None = None,
+        name: str | None = None,
         use_loss_mask: bool = True,
     ) -> None:
         if split not in SPLITS:
@@ -170,7 +169,7 @@ class SourceDataset(torch.utils.data.Dataset):
             self.num_samples * seq / max(tokens, 1),
         )
 
-    def _open_mask(self, prefix: str) -> Optional[IndexedDataset]:
+    def _open_mask(self, prefix: str) -> IndexedDataset | None:
         mask_prefix = loss_mask_prefix(prefix)
         if not shard_exists(mask_prefix):
             return None
@@ -204,7 +203,7 @@ class SourceDataset(torch.utils.data.Dataset):
         for key in self._INDEX_ARRAYS:
             setattr(self, key, unpickle_array(state[key]))
 
-    def window(self, idx: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def window(self, idx: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The ``seq_length + 1`` raw tokens of sample ``idx`` (and its loss-mask bytes)."""
         if not 0 <= idx < self.num_samples:
             raise IndexError(f"{self.name}: sample {idx} out of range [0, {self.num_samples})")
@@ -235,7 +234,7 @@ class SourceDataset(torch.utils.data.Dataset):
 
 
 def make_sample(
-    window: np.ndarray, mask: Optional[np.ndarray], options: SampleOptions
+    window: np.ndarray, mask: np.ndarray | None, options: SampleOptions
 ) -> dict[str, torch.Tensor]:
     """Turn a window of ``seq_length + 1`` tokens (and loss-mask bytes) into a training sample."""
     seq = options.seq_length

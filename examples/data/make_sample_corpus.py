@@ -23,7 +23,7 @@ import argparse
 import json
 import os
 import random
-from typing import Callable
+from collections.abc import Callable
 
 # (zh, en, plural). English subjects are lower-case unless proper names; sentences capitalize.
 PEOPLE = [
