@@ -27,8 +27,8 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install
-	$(PY) tools/bench_preprocess.py
-	$(PY) tools/bench_index.py
+	$(PY) benchmarks/bench_preprocess.py
+	$(PY) benchmarks/bench_index.py
 
 clean:
 	rm -rf build demo_out *.egg-info chatflow/_C*.so
