@@ -35,8 +35,8 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 bench: install
-	$(PY) tools/bench_preprocess.py
-	$(PY) tools/bench_index.py
+	$(PY) benchmarks/bench_preprocess.py
+	$(PY) benchmarks/bench_index.py
 
 clean:
 	rm -rf build demo_out *.egg-info chatflow/_C*.so

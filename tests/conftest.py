@@ -6,7 +6,7 @@ may start processes or process groups.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -60,11 +60,9 @@ def run_tool(name: str, *args: str, check: bool = True) -> subprocess.CompletedP
 
 
 def load_tool(name: str) -> ModuleType:
-    """Import ``tools/<name>.py`` as a module, to call its ``main(argv)`` in-process (fast)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The entry point module ``chatflow.cli.<name>`` of ``tools/<name>.py``, to call its
+    ``main(argv)`` in-process (fast)."""
+    return importlib.import_module(f"chatflow.cli.{name}")
 
 
 def call_tool(name: str, *args, capsys) -> tuple[int, str, str]:

@@ -176,13 +176,8 @@ def test_config_and_schedule_errors(shards, tmp_path):
 
 @pytest.mark.unit
 def test_build_index_tool_prebuilds_the_trainer_cache(shards, tmp_path, capsys):
-    import importlib.util
+    from chatflow.cli import build_index as tool
 
-    spec = importlib.util.spec_from_file_location(
-        "build_index", os.path.join(os.path.dirname(__file__), "..", "tools", "build_index.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     cache_dir = str(tmp_path / "cache")
     tool.main(
         [

@@ -1,4 +1,4 @@
-"""tools/preprocess_data.py: formats, loss masks, determinism, bad input, gzip, atomic output."""
+"""Preprocessing (chatflow.data.preprocess_run, tools/preprocess_data.py): formats, loss masks, determinism, bad input, gzip, atomic output."""
 
 from __future__ import annotations
 
@@ -17,14 +17,31 @@ import sentencepiece as spm
 from conftest import ROOT, load_tool
 from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronIndexedDataset
 
-from chatflow.data.indexed_dataset import IndexedDataset, IndexedDatasetError
+from chatflow.data.indexed_dataset import IndexedDataset, IndexedDatasetError, IndexedDatasetWriter
+from chatflow.data.preprocess import PreprocessConfig
+from chatflow.data.preprocess_run import PreprocessJob, PreprocessSummary, preprocess
 from chatflow.data.templates import InstructionTemplate, ParallelTemplate, loss_mask_prefix
 
 preprocess_data = load_tool("preprocess_data")
 
 
 def run(*argv: str) -> int:
+    """The command line, in-process: its exit code (output goes to capsys)."""
     return preprocess_data.main([str(a) for a in argv] + ["--no-progress"])
+
+
+def _preprocess(
+    inputs, out, tokenizer: str, *, on_error: str = "fail", workers: int = 1,
+    block_bytes: int | None = None, **encoding,
+) -> PreprocessSummary:  # fmt: skip
+    """The library call: ``inputs`` (one path or a list) preprocessed into ``out``."""
+    paths = [str(p) for p in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+    extra = {} if block_bytes is None else {"block_bytes": block_bytes}
+    job = PreprocessJob(
+        inputs=paths, output_prefix=str(out), tokenizer_model=tokenizer,
+        encoding=PreprocessConfig(**encoding), on_error=on_error, workers=workers, **extra,
+    )  # fmt: skip
+    return preprocess(job)
 
 
 def _lines(path: str) -> list[dict]:
@@ -73,22 +90,13 @@ def test_text_format_several_keys_without_eod(tmp_path, demo_tokenizer_path):
     src.write_text(
         "\n".join(json.dumps({"title": f"t{i}", "body": f"body {i}"}) for i in range(5)) + "\n"
     )
-    assert (
-        run(
-            "--input",
-            src,
-            "--output-prefix",
-            tmp_path / "o",
-            "--json-keys",
-            "title",
-            "body",
-            "--tokenizer-model",
-            demo_tokenizer_path,
-            "--workers",
-            "0",
-        )
-        == 0
+    summary = _preprocess(
+        src, tmp_path / "o", demo_tokenizer_path, workers=0, json_keys=("title", "body")
     )
+    assert summary.documents == 5 and summary.outputs == [
+        str(tmp_path / "o_title_document"),
+        str(tmp_path / "o_body_document"),
+    ]
     sp = spm.SentencePieceProcessor(model_file=demo_tokenizer_path)
     assert _read_all(str(tmp_path / "o_title_document")) == [
         [1] + sp.encode(f"t{i}") for i in range(5)
@@ -101,25 +109,11 @@ def test_text_format_several_keys_without_eod(tmp_path, demo_tokenizer_path):
 @pytest.mark.dist
 def test_parallel_format(tmp_path, sample_data_dir, demo_tokenizer_path):
     src = os.path.join(sample_data_dir, "parallel.jsonl")
-    assert (
-        run(
-            "--input",
-            src,
-            "--output-prefix",
-            tmp_path / "p",
-            "--format",
-            "parallel",
-            "--tokenizer-model",
-            demo_tokenizer_path,
-            "--seed",
-            "11",
-            "--append-eod",
-            "--parallel-template-zh-en",
-            "ZH: {zh}\\nEN: {en}",
-        )
-        == 0
-    )
     tpl = ParallelTemplate(zh_to_en="ZH: {zh}\nEN: {en}")
+    _preprocess(
+        src, tmp_path / "p", demo_tokenizer_path, format="parallel", seed=11, append_eod=True,
+        parallel=tpl,
+    )  # fmt: skip
     sp = spm.SentencePieceProcessor(model_file=demo_tokenizer_path)
     texts = [tpl.render(r, 11, 0, n) for n, r in enumerate(_lines(src), start=1)]
     assert _read_all(str(tmp_path / "p_parallel_document")) == [
@@ -136,21 +130,8 @@ def test_instruction_format_and_mask(
 ):
     src = os.path.join(sample_data_dir, "instruct.jsonl")
     prefix = str(tmp_path / "sft") + "_instruction_document"
-    assert (
-        run(
-            "--input",
-            src,
-            "--output-prefix",
-            tmp_path / "sft",
-            "--format",
-            "instruction",
-            "--tokenizer-model",
-            demo_tokenizer_path,
-            "--workers",
-            "2",
-        )
-        == 0
-    )
+    summary = _preprocess(src, tmp_path / "sft", demo_tokenizer_path, format="instruction", workers=2)
+    assert summary.outputs == [prefix, loss_mask_prefix(prefix)]
     tokens, mask = IndexedDataset(prefix), IndexedDataset(loss_mask_prefix(prefix))
     assert mask.dtype == np.uint8
     np.testing.assert_array_equal(tokens.sequence_lengths, mask.sequence_lengths)
@@ -184,24 +165,11 @@ def test_worker_count_determinism(tmp_path, sample_data_dir, demo_tokenizer_path
     for workers in ("0", "1", "2"):
         out = tmp_path / f"w{workers}"
         # Small blocks: many tasks, so workers really interleave.
-        assert (
-            run(
-                "--input",
-                os.path.join(sample_data_dir, src),
-                os.path.join(sample_data_dir, src),
-                "--output-prefix",
-                out,
-                "--format",
-                fmt,
-                "--tokenizer-model",
-                demo_tokenizer_path,
-                "--workers",
-                workers,
-                "--block-bytes",
-                "8192",
-            )
-            == 0
-        )
+        path = os.path.join(sample_data_dir, src)
+        _preprocess(
+            [path, path], out, demo_tokenizer_path, format=fmt, workers=int(workers),
+            block_bytes=8192,
+        )  # fmt: skip
         files = sorted(p for p in os.listdir(tmp_path) if p.startswith(f"w{workers}_"))
         outputs[workers] = {f.split("_", 1)[1]: (tmp_path / f).read_bytes() for f in files}
     assert len(outputs["0"]) == (4 if fmt == "instruction" else 2)
@@ -288,21 +256,10 @@ def test_instruction_bad_record_skipped(tmp_path, demo_tokenizer_path):
         + json.dumps({"conversations": [{"from": "human", "value": "x"}]})
         + "\n"
     )
-    assert (
-        run(
-            "--input",
-            src,
-            "--output-prefix",
-            tmp_path / "o",
-            "--format",
-            "instruction",
-            "--on-error",
-            "skip",
-            "--tokenizer-model",
-            demo_tokenizer_path,
-        )
-        == 0
+    summary = _preprocess(
+        src, tmp_path / "o", demo_tokenizer_path, format="instruction", on_error="skip"
     )
+    assert summary.skipped == 1 and summary.rejects_file == str(tmp_path / "o.rejects.jsonl")
     (rej,) = _lines(str(tmp_path / "o.rejects.jsonl"))
     assert rej["line"] == 2 and "human turn" in rej["error"]
     assert len(IndexedDataset(str(tmp_path / "o_instruction_document_loss_mask"))) == 1
@@ -315,19 +272,7 @@ def test_gzip_input_same_output(tmp_path, sample_data_dir, demo_tokenizer_path):
     with open(src, "rb") as f, gzip.open(gz, "wb") as g:
         g.write(f.read())
     for name, path in (("plain", src), ("gz", gz)):
-        assert (
-            run(
-                "--input",
-                path,
-                "--output-prefix",
-                tmp_path / name,
-                "--tokenizer-model",
-                demo_tokenizer_path,
-                "--block-bytes",
-                "10000",
-            )
-            == 0
-        )
+        _preprocess(path, tmp_path / name, demo_tokenizer_path, block_bytes=10000)
     for ext in (".bin", ".idx"):
         assert (tmp_path / f"plain_text_document{ext}").read_bytes() == (
             tmp_path / f"gz_text_document{ext}"
@@ -415,21 +360,7 @@ def test_killed_run_leaves_previous_output(tmp_path, sample_data_dir, demo_token
     out = tmp_path / "out" / "sft"
     prefix = str(out) + "_instruction_document"
     small = os.path.join(sample_data_dir, "instruct.jsonl")
-    assert (
-        run(
-            "--input",
-            small,
-            "--output-prefix",
-            out,
-            "--format",
-            "instruction",
-            "--tokenizer-model",
-            demo_tokenizer_path,
-            "--workers",
-            "0",
-        )
-        == 0
-    )
+    _preprocess(small, out, demo_tokenizer_path, format="instruction", workers=0)
     before = (_read_all(prefix), _read_all(loss_mask_prefix(prefix)))
     _kill_mid_write(_big_instruct(tmp_path, sample_data_dir), out, demo_tokenizer_path)
     assert (_read_all(prefix), _read_all(loss_mask_prefix(prefix))) == before
@@ -456,29 +387,18 @@ def test_crash_between_mask_and_tokens_never_pairs_old_tokens(
     out = tmp_path / "sft"
     prefix = str(out) + "_instruction_document"
     src = os.path.join(sample_data_dir, "instruct.jsonl")
-    argv = [
-        "--input",
-        src,
-        "--output-prefix",
-        out,
-        "--format",
-        "instruction",
-        "--tokenizer-model",
-        demo_tokenizer_path,
-        "--workers",
-        "0",
-    ]
-    assert run(*argv) == 0
-    real = preprocess_data.IndexedDatasetWriter.finalize
+    kwargs = dict(format="instruction", workers=0)
+    _preprocess(src, out, demo_tokenizer_path, **kwargs)
+    real = IndexedDatasetWriter.finalize
 
     def finalize(self):
         if self.prefix == prefix:  # the token shard: published after the mask
             raise KeyboardInterrupt("simulated crash")
         real(self)
 
-    monkeypatch.setattr(preprocess_data.IndexedDatasetWriter, "finalize", finalize)
+    monkeypatch.setattr(IndexedDatasetWriter, "finalize", finalize)
     with pytest.raises(KeyboardInterrupt):
-        run(*argv[:1], src, src, *argv[2:])
+        _preprocess([src, src], out, demo_tokenizer_path, **kwargs)
     with pytest.raises(IndexedDatasetError, match="index file not found"):
         IndexedDataset(prefix)
 
@@ -555,3 +475,21 @@ def test_progress_lines_and_summary(tmp_path, sample_data_dir, demo_tokenizer_pa
     assert len(progress) >= 2, out.err
     assert all("docs/s" in x and "tokens/s" in x and "MB/s" in x for x in progress)
     assert "documents: 300 written, 0 skipped" in out.out and "tokens/s" in out.out
+
+
+def test_cli_script_exit_codes(tmp_path, sample_data_dir, demo_tokenizer_path):
+    """``python tools/preprocess_data.py`` itself: summary on stdout and 0, ``error:`` and 1."""
+    tool = os.path.join(ROOT, "tools", "preprocess_data.py")
+    src = os.path.join(sample_data_dir, "zh_text.jsonl")
+    base = [sys.executable, tool, "--tokenizer-model", demo_tokenizer_path, "--no-progress"]
+    ok = subprocess.run(
+        [*base, "--input", src, "--output-prefix", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "documents: " in ok.stdout and ok.stderr == ""
+    bad = subprocess.run(
+        [*base, "--input", src, "--output-prefix", str(tmp_path / "x"), "--workers", "-1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr == "error: --workers must be >= 0, got -1\n"

@@ -184,13 +184,8 @@ def test_fingerprint_and_to_dict():
 
 @pytest.mark.dist
 def test_plot_schedule_tool(tmp_path):
-    import importlib.util
+    from chatflow.cli import plot_schedule as tool
 
-    spec = importlib.util.spec_from_file_location(
-        "plot_schedule", os.path.join(REPO, "tools", "plot_schedule.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     out = tmp_path / "plots" / "schedule.png"
     assert tool.main([DEMO_PRESET, "--num-samples", "640", "--output", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

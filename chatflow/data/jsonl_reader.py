@@ -141,19 +141,6 @@ def get_text(record: dict[str, Any], key: str) -> str:
     return check_string(record[key], key)
 
 
-def read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, record)`` for every record of a file.
-
-    Raises:
-        JsonlError: on the first bad line, naming file and line.
-    """
-    for n, raw in iter_lines(path):
-        try:
-            yield n, parse_line(raw)
-        except RecordError as e:
-            raise JsonlError(path, n, str(e)) from None
-
-
 def expand_inputs(patterns: list[str]) -> list[str]:
     """Files named by ``patterns`` (each glob sorted), in argument order, without duplicates.
 

@@ -1,6 +1,6 @@
 """Turning blocks of JSONL lines into token arrays: the work done by preprocessing workers.
 
-``tools/preprocess_data.py`` reads input files in blocks of whole lines (see
+:func:`chatflow.data.preprocess_run.preprocess` reads input files in blocks of whole lines (see
 :func:`chatflow.data.jsonl_reader.iter_blocks`), hands each block to a worker process running
 :meth:`BlockEncoder.encode`, and writes the results in input order. A block's result depends only
 on its lines and their positions (file index, line number), never on which worker ran it, so the

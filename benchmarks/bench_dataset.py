@@ -13,7 +13,7 @@ Both report the best of several runs, as the machine may be shared.
 
 Usage::
 
-    python tools/bench_dataset.py --tokens 1e10 --read-tokens 1e8 --seq-length 4096
+    python benchmarks/bench_dataset.py --tokens 1e10 --read-tokens 1e8 --seq-length 4096
 """
 
 from __future__ import annotations
@@ -31,10 +31,8 @@ from typing import ClassVar
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-from chatflow.data.indexed_dataset import IndexedDatasetWriter  # noqa: E402
+from chatflow.data.indexed_dataset import IndexedDatasetWriter
 
 MEAN_DOC = 1500  # tokens per document (lognormal), a web-text-like mix
 

@@ -18,13 +18,13 @@ time would flatter it; the CPU columns show what the threads cost together), ext
 arrays; sampled every 2 ms). With ``--repeat R`` each builder runs
 R times in turn and the fastest run counts (first-touch page faults of fresh output arrays and
 other tenants of the machine otherwise favour whichever runs second).
-``--sections dataset`` also runs tools/bench_dataset.py (per-source index build and
+``--sections dataset`` also runs benchmarks/bench_dataset.py (per-source index build and
 ``__getitem__`` throughput), when that script exists.
 
 Usage::
 
-    python tools/bench_index.py                       # N = 1e8, K = 2, 10, 100, 1000
-    python tools/bench_index.py --num-samples 1e7 --large-k-samples 1e7 --json out.json
+    python benchmarks/bench_index.py                       # N = 1e8, K = 2, 10, 100, 1000
+    python benchmarks/bench_index.py --num-samples 1e7 --large-k-samples 1e7 --json out.json
 """
 
 from __future__ import annotations
@@ -42,8 +42,6 @@ from collections.abc import Callable
 import numpy as np
 import psutil
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 from chatflow.data.blending import build_blending_indices, default_num_threads
 from chatflow.data.schedule import Knot, Schedule, Source
@@ -173,9 +171,9 @@ def bench_blending(
 
 
 def run_dataset_section(extra_args: list[str]) -> int:
-    script = os.path.join(REPO, "tools", "bench_dataset.py")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_dataset.py")
     if not os.path.exists(script):
-        print("dataset section: tools/bench_dataset.py not found, skipped")
+        print("dataset section: benchmarks/bench_dataset.py not found, skipped")
         return 0
     return subprocess.call([sys.executable, script, *extra_args])
 
@@ -193,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sections",
         default="blending",
-        help="comma-separated: blending, dataset (runs tools/bench_dataset.py)",
+        help="comma-separated: blending, dataset (runs benchmarks/bench_dataset.py)",
     )
     p.add_argument("--dataset-args", default="", help="arguments passed to bench_dataset.py")
     p.add_argument("--repeat", type=int, default=1, help="runs per builder; the fastest counts")

@@ -1,7 +1,7 @@
 """Engine throughput of the tiny preset per parallel layout (synthetic data, CPU or GPU).
 
-Run:  torchrun --nproc-per-node 2 tools/bench_engine.py --layout tp2
-      python tools/bench_engine.py --layout single
+Run:  torchrun --nproc-per-node 2 benchmarks/bench_engine.py --layout tp2
+      python benchmarks/bench_engine.py --layout single
 Prints one line per layout: tokens/s (global), step time, share of step time waiting for data.
 """
 

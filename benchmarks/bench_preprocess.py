@@ -12,7 +12,7 @@
 Reports tokens/s and MB/s of both, their ratio (wall clock and CPU time), and peak memory, and
 checks both produced the same number of tokens. Memory is the peak PSS summed over the tool's
 process tree (shared pages counted once) and the peak RSS of its largest process.
-Run: ``python tools/bench_preprocess.py``.
+Run: ``python benchmarks/bench_preprocess.py``.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ import sys
 import tempfile
 import time
 
+import psutil
+
+from chatflow.data.indexed_dataset import IndexedDataset
+from chatflow.fileio import atomic_open
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import psutil  # noqa: E402
-
-from chatflow.data.indexed_dataset import IndexedDataset  # noqa: E402
-from chatflow.fileio import atomic_open  # noqa: E402
 
 
 def _load_generator():

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Tokenize JSONL corpora into Megatron ``.bin``/``.idx`` token shards.
+
+Formats (``--format``):
+
+- ``text``: ``{"text": ...}``; one shard per ``--json-keys`` key, named
+  ``<output-prefix>_<key>_document`` as Megatron does. Each document is BOS + tokens
+  (+ EOS with ``--append-eod``).
+- ``parallel``: ``{"zh": ..., "en": ...}`` (``--json-keys ZH EN`` renames the keys), rendered in
+  one of two translation directions chosen by a hash of (seed, input index, line); shard
+  ``<output-prefix>_parallel_document``.
+- ``instruction``: Alpaca ``{"instruction","input","output"}`` or chat ``{"conversations": [...]}``,
+  rendered with the ChatFlow template; shard ``<output-prefix>_instruction_document`` plus its
+  loss-mask shard ``<output-prefix>_instruction_document_loss_mask`` (uint8, same lengths).
+
+Output is byte-identical for any ``--workers``. Bad lines stop the run with ``file:line: reason``,
+or with ``--on-error skip`` are counted and written to ``<output-prefix>.rejects.jsonl``. Outputs
+are written under temporary names and renamed at the end, so an interrupted run never leaves an
+``.idx`` that looks complete and never pairs a new mask with an old token shard.
+
+Example::
+
+    python tools/preprocess_data.py --input 'corpus/zh/*.jsonl.gz' --output-prefix shards/zh \\
+        --tokenizer-model tokenizer.model --append-eod --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from tqdm import tqdm
+
+from chatflow.data.jsonl_reader import DEFAULT_BLOCK_BYTES, JsonlError
+from chatflow.data.preprocess import PreprocessConfig
+from chatflow.data.preprocess_run import PreprocessJob, PreprocessSummary, preprocess
+from chatflow.data.templates import InstructionTemplate, ParallelTemplate
+
+
+def _unescape(s: str) -> str:
+    """Let templates given on the command line spell newlines and tabs as ``\\n`` and ``\\t``."""
+    return s.replace("\\n", "\n").replace("\\t", "\t")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the module docstring's layout and show every default."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    g = p.add_argument_group("input/output")
+    g.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files or globs")
+    g.add_argument("--output-prefix", required=True)
+    g.add_argument("--format", choices=("text", "parallel", "instruction"), default="text")
+    g.add_argument(
+        "--json-keys",
+        nargs="+",
+        default=None,
+        help="text: keys to tokenize (default: text); parallel: ZH EN keys",
+    )
+    g.add_argument(
+        "--on-error",
+        choices=("fail", "skip"),
+        default="fail",
+        help="bad lines: stop (default) or skip into <output-prefix>.rejects.jsonl",
+    )
+    g = p.add_argument_group("tokenization")
+    g.add_argument("--tokenizer-model", required=True, help="sentencepiece tokenizer.model")
+    g.add_argument("--append-eod", action="store_true", help="end text/parallel documents with EOS")
+    g.add_argument("--seed", type=int, default=1234, help="seed of the parallel direction choice")
+    g = p.add_argument_group("templates (\\n and \\t are unescaped)")
+    d = ParallelTemplate()
+    g.add_argument(
+        "--parallel-template-zh-en", default=d.zh_to_en, help="zh->en text, with {zh} and {en}"
+    )
+    g.add_argument(
+        "--parallel-template-en-zh", default=d.en_to_zh, help="en->zh text, with {zh} and {en}"
+    )
+    g.add_argument(
+        "--parallel-zh-en-probability",
+        type=float,
+        default=d.zh_to_en_probability,
+        help="share of pairs rendered zh->en",
+    )
+    i = InstructionTemplate()
+    g.add_argument(
+        "--instruction-template", default=i.prompt, help="human turn, with {instruction}"
+    )
+    g.add_argument(
+        "--instruction-input-template",
+        default=i.alpaca_input,
+        help="joins Alpaca instruction and input",
+    )
+    g.add_argument("--system-template", default=i.system, help="leading system turn")
+    g = p.add_argument_group("runtime")
+    g.add_argument(
+        "--workers", type=int, default=1, help="encoding processes (0: encode in the main process)"
+    )
+    g.add_argument(
+        "--log-interval",
+        type=int,
+        default=100000,
+        help="documents between progress lines when stderr is not a terminal",
+    )
+    g.add_argument(
+        "--block-bytes", type=int, default=DEFAULT_BLOCK_BYTES, help="input bytes per worker task"
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress output")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    """The typed configuration of a command line (templates validated here)."""
+    keys = args.json_keys
+    zh_key, en_key = "zh", "en"
+    if args.format == "parallel" and keys is not None:
+        if len(keys) != 2:
+            raise ValueError(f"--json-keys: parallel format takes 2 keys (ZH EN), got {keys}")
+        zh_key, en_key = keys
+    if args.format == "instruction" and keys is not None:
+        raise ValueError("--json-keys does not apply to the instruction format")
+    parallel = ParallelTemplate(
+        zh_key=zh_key,
+        en_key=en_key,
+        zh_to_en=_unescape(args.parallel_template_zh_en),
+        en_to_zh=_unescape(args.parallel_template_en_zh),
+        zh_to_en_probability=args.parallel_zh_en_probability,
+    )
+    return PreprocessConfig(
+        format=args.format,
+        json_keys=tuple(keys) if args.format == "text" and keys else ("text",),
+        append_eod=args.append_eod,
+        seed=args.seed,
+        parallel=parallel,
+        instruction=InstructionTemplate(
+            prompt=_unescape(args.instruction_template),
+            alpaca_input=_unescape(args.instruction_input_template),
+            system=_unescape(args.system_template),
+        ),
+    )
+
+
+class _Progress:
+    """tqdm bar on a terminal, a line every ``log_interval`` documents otherwise."""
+
+    def __init__(self, log_interval: int, enabled: bool) -> None:
+        self.t0 = time.time()
+        self.docs = self.tokens = self.bytes = 0
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.log_interval = max(1, log_interval)
+        self.next_log = self.log_interval
+        self.bar: tqdm | None = None
+
+    def start(self, total_bytes: int | None) -> None:
+        """Open the bar (terminal only); called before the worker pool starts."""
+        if not self.tty:
+            return
+        # No tqdm monitor thread: worker processes are forked after this, and forking a process
+        # with extra threads running is fragile.
+        tqdm.monitor_interval = 0
+        self.bar = tqdm(
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            file=sys.stderr,
+            mininterval=0.5,
+            desc="preprocess",
+        )
+
+    def rates(self) -> str:
+        dt = max(time.time() - self.t0, 1e-9)
+        return (
+            f"{self.docs / dt:,.0f} docs/s, {self.tokens / dt:,.0f} tokens/s, "
+            f"{self.bytes / dt / 1e6:.2f} MB/s"
+        )
+
+    def update(self, docs: int, tokens: int, nbytes: int) -> None:
+        """Count one written block and show progress."""
+        self.docs += docs
+        self.tokens += tokens
+        self.bytes += nbytes
+        if self.bar is not None:
+            self.bar.update(nbytes)
+            self.bar.set_postfix_str(self.rates(), refresh=False)
+        elif self.enabled and self.docs >= self.next_log:
+            print(
+                f"processed {self.docs:,} documents ({self.rates()})", file=sys.stderr, flush=True
+            )
+            self.next_log = (self.docs // self.log_interval + 1) * self.log_interval
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def job_from_args(args: argparse.Namespace) -> PreprocessJob:
+    """The preprocessing job of a command line."""
+    encoding = config_from_args(args)
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    return PreprocessJob(
+        inputs=args.input,
+        output_prefix=args.output_prefix,
+        tokenizer_model=args.tokenizer_model,
+        encoding=encoding,
+        on_error=args.on_error,
+        workers=args.workers,
+        block_bytes=args.block_bytes,
+    )
+
+
+def run(args: argparse.Namespace) -> PreprocessSummary:
+    """Preprocess as ``args`` say, with progress output; returns the summary."""
+    job = job_from_args(args)
+    progress = _Progress(args.log_interval, not args.no_progress)
+    try:
+        return preprocess(job, progress)
+    finally:
+        progress.close()
+
+
+def format_summary(s: PreprocessSummary) -> str:
+    """The summary printed at the end of a run."""
+    dt = max(s.seconds, 1e-9)
+    lines = [
+        f"inputs:    {len(s.inputs)} file(s), {s.bytes / 1e6:.2f} MB, {s.records:,} records",
+        f"documents: {s.documents:,} written, {s.skipped:,} skipped"
+        + (f" (rejects: {s.rejects_file})" if s.rejects_file else ""),
+        f"tokens:    {s.tokens:,}",
+        f"time:      {dt:.2f}s ({s.documents / dt:,.0f} docs/s, {s.tokens / dt:,.0f} "
+        f"tokens/s, {s.bytes / dt / 1e6:.2f} MB/s)",
+    ]
+    lines += [f"output:    {p}.bin/.idx" for p in s.outputs]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``chatflow-preprocess`` / ``tools/preprocess_data.py``."""
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except (JsonlError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Running a preprocessing job: JSONL inputs in, published ``.bin``/``.idx`` token shards out.
+
+:func:`preprocess` reads the inputs in blocks of whole lines, encodes them in a pool of worker
+processes (:mod:`chatflow.data.preprocess`), at most ``2 * workers`` blocks in flight, and writes
+the results in input order, so the output is byte-identical for any worker count.
+
+Outputs are written under temporary names and published at the end, in an order that never
+leaves an ``.idx`` that looks complete and never pairs a new loss mask with an old token shard.
+Bad lines stop the run (:class:`~chatflow.data.jsonl_reader.JsonlError`), or with
+``on_error="skip"`` go to ``<output_prefix>.rejects.jsonl`` with their exact bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from chatflow.data.indexed_dataset import IndexedDatasetWriter, idx_path
+from chatflow.data.jsonl_reader import DEFAULT_BLOCK_BYTES, JsonlError, expand_inputs, iter_blocks
+from chatflow.data.preprocess import (
+    BlockEncoder,
+    BlockResult,
+    PreprocessConfig,
+    encode_block,
+    init_worker,
+)
+from chatflow.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+ON_ERROR = ("fail", "skip")
+
+
+@dataclass
+class PreprocessJob:
+    """One preprocessing run: what to read, how to encode it, where to write it."""
+
+    inputs: list[str]
+    """JSONL(.gz) files or globs, in order (each glob sorted; duplicates read once)."""
+    output_prefix: str
+    """Shards are named ``<output_prefix>_<name>`` (see :class:`PreprocessConfig`)."""
+    tokenizer_model: str
+    """Path of the sentencepiece ``tokenizer.model``."""
+    encoding: PreprocessConfig = field(default_factory=PreprocessConfig)
+    """Format, keys and templates."""
+    on_error: str = "fail"
+    """Bad lines: ``fail`` (raise) or ``skip`` (into ``<output_prefix>.rejects.jsonl``)."""
+    workers: int = 1
+    """Encoding processes; 0 encodes in the calling process."""
+    block_bytes: int = DEFAULT_BLOCK_BYTES
+    """Input bytes per worker task."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        if self.block_bytes < 1:
+            raise ValueError(f"block_bytes must be >= 1, got {self.block_bytes}")
+
+    @property
+    def rejects_path(self) -> str:
+        """Where skipped lines go (``on_error="skip"``)."""
+        return self.output_prefix + ".rejects.jsonl"
+
+
+@dataclass
+class PreprocessSummary:
+    """What a finished run read and wrote."""
+
+    inputs: list[str]
+    """The input files, globs expanded."""
+    outputs: list[str]
+    """Published shard prefixes: token shards, then the loss-mask shard if any."""
+    rejects_file: str | None
+    """The rejects file (skip mode), else None."""
+    records: int = 0
+    """Input records read, valid or not."""
+    documents: int = 0
+    """Documents written (per output shard)."""
+    tokens: int = 0
+    """Tokens written, all token shards together."""
+    skipped: int = 0
+    """Bad lines skipped."""
+    bytes: int = 0
+    """Input bytes read (uncompressed)."""
+    seconds: float = 0.0
+    """Wall time of the run."""
+
+
+class Progress(Protocol):
+    """Receives progress of a run; the calling tool decides how to show it."""
+
+    def start(self, total_bytes: int | None) -> None:
+        """Called once before any worker starts; ``total_bytes`` is None for gzip inputs."""
+
+    def update(self, docs: int, tokens: int, nbytes: int) -> None:
+        """Called after each block is written, with that block's counts."""
+
+
+def preprocess(job: PreprocessJob, progress: Progress | None = None) -> PreprocessSummary:
+    """Run ``job`` and publish its shards; returns the summary.
+
+    Raises:
+        JsonlError: a bad line in fail mode (nothing is published then).
+        FileNotFoundError: an input pattern matches no file.
+    """
+    t0 = time.time()
+    cfg = job.encoding
+    inputs = expand_inputs(job.inputs)
+    tokenizer = Tokenizer(job.tokenizer_model)
+    prefixes = cfg.output_prefixes(job.output_prefix)
+    mask_prefix = cfg.mask_prefix(job.output_prefix)
+    skip = job.on_error == "skip"
+    summary = PreprocessSummary(
+        inputs=inputs,
+        outputs=prefixes + ([mask_prefix] if mask_prefix else []),
+        rejects_file=job.rejects_path if skip else None,
+    )
+    if progress is not None:
+        # Before the pool forks: the callback may set up whatever it needs (e.g. a bar).
+        gz = any(p.endswith(".gz") for p in inputs)
+        progress.start(None if gz else sum(map(os.path.getsize, inputs)))
+
+    dtype = BlockEncoder(tokenizer, cfg).dtype
+    writers = [IndexedDatasetWriter(p, dtype) for p in prefixes]
+    mask_writer = IndexedDatasetWriter(mask_prefix, np.uint8) if mask_prefix else None
+    all_writers = writers + ([mask_writer] if mask_writer else [])
+    rejects_tmp = f"{job.rejects_path}.tmp{os.getpid()}"
+    rejects_file = open(rejects_tmp, "w", encoding="utf-8") if skip else None
+    try:
+        tasks = _tasks(inputs, job.block_bytes)
+        for source, res in _results(tasks, tokenizer, cfg, job.workers):
+            if res.rejects:
+                if not skip:
+                    line, reason, _ = res.rejects[0]
+                    raise JsonlError(inputs[source], line, reason)
+                for line, reason, raw in res.rejects:
+                    rejects_file.write(_reject_line(inputs[source], line, reason, raw))
+            for w, tokens, lengths in zip(writers, res.tokens, res.lengths, strict=True):
+                _write_documents(w, tokens, lengths)
+            if mask_writer is not None:
+                _write_documents(mask_writer, res.mask, res.lengths[0])
+            ndocs = len(res.lengths[0])
+            ntok = int(sum(len(t) for t in res.tokens))
+            summary.records += res.num_records
+            summary.documents += ndocs
+            summary.tokens += ntok
+            summary.skipped += len(res.rejects)
+            summary.bytes += res.num_bytes
+            if progress is not None:
+                progress.update(ndocs, ntok, res.num_bytes)
+        _publish(prefixes, writers, mask_writer)
+        if rejects_file is not None:
+            rejects_file.close()
+            os.replace(rejects_tmp, job.rejects_path)
+    except BaseException:
+        for w in all_writers:
+            w.abort()
+        if rejects_file is not None:
+            rejects_file.close()
+            os.unlink(rejects_tmp)
+        raise
+    summary.seconds = time.time() - t0
+    logger.info(
+        "preprocessed %d documents, %d tokens (%d skipped) into %s in %.2fs",
+        summary.documents, summary.tokens, summary.skipped, job.output_prefix, summary.seconds,
+    )  # fmt: skip
+    return summary
+
+
+def _publish(
+    prefixes: list[str],
+    writers: list[IndexedDatasetWriter],
+    mask_writer: IndexedDatasetWriter | None,
+) -> None:
+    # First remove the old token indices, so that no moment exists where an old token shard
+    # looks complete beside a new mask; then masks, then tokens (.idx last each).
+    for p in prefixes:
+        if os.path.exists(idx_path(p)):
+            os.unlink(idx_path(p))
+    if mask_writer is not None:
+        mask_writer.finalize()
+    for w in writers:
+        w.finalize()
+
+
+def _tasks(inputs: list[str], block_bytes: int) -> Iterator[tuple[int, int, bytes]]:
+    for source, path in enumerate(inputs):
+        for first_line, blob in iter_blocks(path, block_bytes):
+            yield source, first_line, blob
+
+
+def _results(
+    tasks: Iterable[tuple[int, int, bytes]],
+    tokenizer: Tokenizer,
+    cfg: PreprocessConfig,
+    workers: int,
+) -> Iterator[tuple[int, BlockResult]]:
+    """``(source, result)`` in task order, at most ``2 * workers`` blocks in flight.
+
+    ``Pool.imap`` would read ahead without limit; submitting by hand bounds memory.
+    """
+    if workers == 0:
+        encoder = BlockEncoder(tokenizer, cfg)
+        for t in tasks:
+            yield t[0], encoder.encode(*t)
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=init_worker, initargs=(tokenizer, cfg)) as pool:
+        pending: collections.deque = collections.deque()
+        for t in tasks:
+            pending.append((t[0], pool.apply_async(encode_block, (t,))))
+            if len(pending) >= 2 * workers:
+                source, res = pending.popleft()
+                yield source, res.get()
+        while pending:
+            source, res = pending.popleft()
+            yield source, res.get()
+
+
+def _reject_line(path: str, line: int, reason: str, raw: bytes) -> str:
+    entry = {"file": path, "line": line, "error": reason}
+    try:
+        entry["text"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        entry["raw_base64"] = base64.b64encode(raw).decode("ascii")  # keep undecodable bytes intact
+    return json.dumps(entry, ensure_ascii=False) + "\n"
+
+
+def _write_documents(writer: IndexedDatasetWriter, tokens: np.ndarray, lengths: np.ndarray) -> None:
+    pos = 0
+    for n in lengths.tolist():
+        writer.add_document(tokens[pos : pos + n])
+        pos += n
