@@ -31,7 +31,6 @@ from typing import ClassVar
 
 import numpy as np
 
-
 from chatflow.data.indexed_dataset import IndexedDatasetWriter
 
 MEAN_DOC = 1500  # tokens per document (lognormal), a web-text-like mix

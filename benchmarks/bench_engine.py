@@ -32,9 +32,12 @@ def batches(mbs: int, seq: int, vocab: int):
     while True:
         t = torch.randint(0, vocab, (mbs, seq + 1), generator=g)
         yield {
-            "tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(mbs, seq),
-            "position_ids": torch.arange(seq).expand(mbs, seq), "source_id": torch.zeros(mbs, dtype=torch.long),
-        }  # fmt: skip
+            "tokens": t[:, :-1],
+            "labels": t[:, 1:],
+            "loss_mask": torch.ones(mbs, seq),
+            "position_ids": torch.arange(seq).expand(mbs, seq),
+            "source_id": torch.zeros(mbs, dtype=torch.long),
+        }
 
 
 def main() -> None:
@@ -67,7 +70,8 @@ def main() -> None:
     tokens = args.steps * args.global_batch_size * model.seq_length
     if info.rank == 0:
         print(
-            f"{args.layout:12s} {'bf16' if args.bf16 else 'fp32'} world={info.world_size} tokens/s={tokens / elapsed:8.0f} "
+            f"{args.layout:12s} {'bf16' if args.bf16 else 'fp32'} world={info.world_size} "
+            f"tokens/s={tokens / elapsed:8.0f} "
             f"step={elapsed / args.steps:.3f}s data_wait={100 * wait / elapsed:.2f}% "
             f"loss={result.loss:.4f}"
         )

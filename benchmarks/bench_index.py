@@ -42,7 +42,6 @@ from collections.abc import Callable
 import numpy as np
 import psutil
 
-
 from chatflow.data.blending import build_blending_indices, default_num_threads
 from chatflow.data.schedule import Knot, Schedule, Source
 from chatflow.fileio import atomic_write

@@ -1,4 +1,7 @@
-"""Preprocessing (chatflow.data.preprocess_run, tools/preprocess_data.py): formats, loss masks, determinism, bad input, gzip, atomic output."""
+"""Preprocessing (chatflow.data.preprocess_run, tools/preprocess_data.py).
+
+Formats, loss masks, determinism, bad input, gzip, atomic output.
+"""
 
 from __future__ import annotations
 
@@ -130,7 +133,9 @@ def test_instruction_format_and_mask(
 ):
     src = os.path.join(sample_data_dir, "instruct.jsonl")
     prefix = str(tmp_path / "sft") + "_instruction_document"
-    summary = _preprocess(src, tmp_path / "sft", demo_tokenizer_path, format="instruction", workers=2)
+    summary = _preprocess(
+        src, tmp_path / "sft", demo_tokenizer_path, format="instruction", workers=2
+    )
     assert summary.outputs == [prefix, loss_mask_prefix(prefix)]
     tokens, mask = IndexedDataset(prefix), IndexedDataset(loss_mask_prefix(prefix))
     assert mask.dtype == np.uint8
@@ -333,6 +338,7 @@ def _big_instruct(tmp_path, sample_data_dir, copies: int = 60) -> str:
     path.write_bytes(data * copies)
     return str(path)
 
+
 def _kill_mid_write(input_path: str, out, tokenizer: str) -> None:
     """Run preprocess_data.py on ``input_path`` and SIGKILL it (and its workers) mid-write."""
     cmd = [sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"),
@@ -352,7 +358,6 @@ def _kill_mid_write(input_path: str, out, tokenizer: str) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the tool and its worker processes
         proc.wait()
-
 
 
 @pytest.mark.dist

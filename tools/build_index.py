@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""``python tools/build_index.py`` runs :func:`chatflow.cli.build_index.main` (see its module for usage)."""
+"""Shim: ``python tools/build_index.py`` runs :func:`chatflow.cli.build_index.main`.
+
+The tool lives in ``chatflow.cli.build_index``,
+also installed as a console script; see that module for usage.
+"""
 
 import sys
 

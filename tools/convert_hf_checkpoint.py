@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""``python tools/convert_hf_checkpoint.py`` runs :func:`chatflow.cli.convert_hf_checkpoint.main` (see its module for usage)."""
+"""Shim: ``python tools/convert_hf_checkpoint.py`` runs
+:func:`chatflow.cli.convert_hf_checkpoint.main`.
+
+The tool lives in ``chatflow.cli.convert_hf_checkpoint``,
+also installed as a console script; see that module for usage.
+"""
 
 import sys
 

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""``python tools/expand_vocab.py`` runs :func:`chatflow.cli.expand_vocab.main` (see its module for usage)."""
+"""Shim: ``python tools/expand_vocab.py`` runs :func:`chatflow.cli.expand_vocab.main`.
+
+The tool lives in ``chatflow.cli.expand_vocab``,
+also installed as a console script; see that module for usage.
+"""
 
 import sys
 

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""``python tools/merge_datasets.py`` runs :func:`chatflow.cli.merge_datasets.main` (see its module for usage)."""
+"""Shim: ``python tools/merge_datasets.py`` runs :func:`chatflow.cli.merge_datasets.main`.
+
+The tool lives in ``chatflow.cli.merge_datasets``,
+also installed as a console script; see that module for usage.
+"""
 
 import sys
 

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""``python tools/plot_schedule.py`` runs :func:`chatflow.cli.plot_schedule.main` (see its module for usage)."""
+"""Shim: ``python tools/plot_schedule.py`` runs :func:`chatflow.cli.plot_schedule.main`.
+
+The tool lives in ``chatflow.cli.plot_schedule``,
+also installed as a console script; see that module for usage.
+"""
 
 import sys
 

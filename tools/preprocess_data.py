@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""``python tools/preprocess_data.py`` runs :func:`chatflow.cli.preprocess_data.main` (see its module for usage)."""
+"""Shim: ``python tools/preprocess_data.py`` runs :func:`chatflow.cli.preprocess_data.main`.
+
+The tool lives in ``chatflow.cli.preprocess_data``,
+also installed as a console script; see that module for usage.
+"""
 
 import sys
 

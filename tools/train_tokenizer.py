@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""``python tools/train_tokenizer.py`` runs :func:`chatflow.cli.train_tokenizer.main` (see its module for usage)."""
+"""Shim: ``python tools/train_tokenizer.py`` runs :func:`chatflow.cli.train_tokenizer.main`.
+
+The tool lives in ``chatflow.cli.train_tokenizer``,
+also installed as a console script; see that module for usage.
+"""
 
 import sys
 

@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="validation samples per source (default: one pass)",
     )
-    p.add_argument("--fast-blend", action="store_true", help="fast O(N) blending mode (for many sources)")
+    p.add_argument(
+        "--fast-blend", action="store_true", help="fast O(N) blending mode (for many sources)"
+    )
     p.add_argument("--shuffle-block", type=int, default=None)
     p.add_argument(
         "--data-state",

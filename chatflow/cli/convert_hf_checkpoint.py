@@ -25,12 +25,10 @@ import glob
 import os
 import shutil
 import sys
-from collections.abc import Mapping
-from typing import Dict, Iterator, List, Optional
+from collections.abc import Iterator, Mapping
 
 import torch
 import yaml
-
 
 from chatflow import hf_convert
 from chatflow.config.model import ModelConfig
@@ -49,8 +47,8 @@ class HFCheckpoint(Mapping):
     def __init__(self, hf_dir: str) -> None:
         from safetensors import safe_open
 
-        self._files: Dict[str, object] = {}
-        self._where: Dict[str, str] = {}
+        self._files: dict[str, object] = {}
+        self._where: dict[str, str] = {}
         paths = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
         if not paths:
             paths = sorted(glob.glob(os.path.join(hf_dir, "pytorch_model*.bin")))
@@ -271,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if os.path.exists(args.output) and not args.overwrite:
         print(f"error: {args.output} exists (use --overwrite)", file=sys.stderr)

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 
-
 from chatflow import vocab
 from chatflow.data.jsonl_reader import JsonlError, expand_inputs
 from chatflow.fileio import atomic_write

@@ -24,8 +24,8 @@ import io
 import logging
 import sys
 import time
-from typing import Any, Iterator, Optional
-
+from collections.abc import Iterator
+from typing import Any
 
 import sentencepiece as spm
 
@@ -44,7 +44,7 @@ logger = logging.getLogger("train_tokenizer")
 AUTO_KEYS = ("text", "zh", "en", "instruction", "input", "output")
 
 
-def record_texts(record: dict[str, Any], keys: Optional[list[str]] = None) -> list[str]:
+def record_texts(record: dict[str, Any], keys: list[str] | None = None) -> list[str]:
     """The texts of one record: the named string fields, or every known field if ``keys`` is None.
 
     Raises:
@@ -69,7 +69,7 @@ def record_texts(record: dict[str, Any], keys: Optional[list[str]] = None) -> li
 
 
 def iter_sentences(
-    paths: list[str], keys: Optional[list[str]], skip_bad: bool, stats: dict[str, int]
+    paths: list[str], keys: list[str] | None, skip_bad: bool, stats: dict[str, int]
 ) -> Iterator[str]:
     """Every line of text of every record; sentencepiece trains on newline-free sentences."""
     for path in paths:
@@ -94,7 +94,7 @@ def train(
     inputs: list[str],
     output: str,
     vocab_size: int,
-    keys: Optional[list[str]] = None,
+    keys: list[str] | None = None,
     character_coverage: float = 0.9995,
     seed: int = 1234,
     num_threads: int = 1,
@@ -150,7 +150,7 @@ def train(
     return stats
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files or globs")
     parser.add_argument("--output", required=True, help="path of the .model file to write")

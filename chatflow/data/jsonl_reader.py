@@ -19,7 +19,8 @@ import glob
 import gzip
 import json
 import os
-from typing import Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 #: Default block size handed to one worker task: big enough to amortise inter-process overhead,
 #: small enough to keep memory bounded and the last block (one idle worker) short.

@@ -119,7 +119,8 @@ def merge(
                     for i in range(lo, hi):
                         mask_writer.add_sequence(np.ones(s.sequence_lengths[i], np.uint8))
                     mask_writer.end_document()
-        # Same publication order as chatflow.data.preprocess_run: old token index gone, mask, then tokens.
+        # Same publication order as chatflow.data.preprocess_run: old token index gone, mask,
+        # then tokens.
         if os.path.exists(idx_path(output_prefix)):
             os.unlink(idx_path(output_prefix))
         if mask_writer is not None:

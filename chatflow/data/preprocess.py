@@ -14,8 +14,9 @@ block are encoded in one sentencepiece call to keep per-document Python overhead
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class PreprocessConfig:
         """Token shard prefixes: ``<output_prefix>_<name>``."""
         return [f"{output_prefix}_{n}" for n in self.output_names]
 
-    def mask_prefix(self, output_prefix: str) -> Optional[str]:
+    def mask_prefix(self, output_prefix: str) -> str | None:
         """The loss-mask shard prefix (instruction format only)."""
         if self.format != "instruction":
             return None
@@ -87,7 +88,7 @@ class BlockResult:
     """Per output shard: all documents' tokens concatenated."""
     lengths: list[np.ndarray]
     """Per output shard: int32 document lengths."""
-    mask: Optional[np.ndarray]
+    mask: np.ndarray | None
     """Instruction format: loss mask aligned with ``tokens[0]``."""
     rejects: list[tuple[int, str, bytes]]
     """``(line number, reason, raw line)`` of every bad line, in order."""
@@ -105,7 +106,7 @@ class BlockEncoder:
         config: the preprocessing configuration.
     """
 
-    def __init__(self, tokenizer: "Tokenizer", config: PreprocessConfig) -> None:
+    def __init__(self, tokenizer: Tokenizer, config: PreprocessConfig) -> None:
         self.tokenizer = tokenizer
         self.config = config
         self.dtype = np.dtype(token_dtype(tokenizer.vocab_size))
@@ -169,10 +170,10 @@ class BlockEncoder:
 
 
 # Worker-process state, set once by the pool initializer so tasks only carry their block.
-_ENCODER: Optional[BlockEncoder] = None
+_ENCODER: BlockEncoder | None = None
 
 
-def init_worker(tokenizer: "Tokenizer", config: PreprocessConfig) -> None:
+def init_worker(tokenizer: Tokenizer, config: PreprocessConfig) -> None:
     """Pool initializer: build this process's encoder."""
     global _ENCODER
     _ENCODER = BlockEncoder(tokenizer, config)
