@@ -482,6 +482,7 @@ def test_progress_lines_and_summary(tmp_path, sample_data_dir, demo_tokenizer_pa
     assert "documents: 300 written, 0 skipped" in out.out and "tokens/s" in out.out
 
 
+@pytest.mark.dist
 def test_cli_script_exit_codes(tmp_path, sample_data_dir, demo_tokenizer_path):
     """``python tools/preprocess_data.py`` itself: summary on stdout and 0, ``error:`` and 1."""
     tool = os.path.join(ROOT, "tools", "preprocess_data.py")
