@@ -1,0 +1,213 @@
+"""Train a LLaMA2-style sentencepiece BPE tokenizer on JSONL corpora.
+
+The model matches LLaMA2's tokenizer settings: BPE, byte fallback (no text ever maps to UNK),
+digits split into single pieces, identity normalization (text is kept as is), a dummy prefix
+space, whitespace not collapsed, UNK=0 / BOS=1 / EOS=2 and no pad piece. Training is
+deterministic for a given input, seed and thread count.
+
+Text is taken from every known layout of ChatFlow's corpora: ``text`` (monolingual), ``zh``/``en``
+(parallel), ``instruction``/``input``/``output`` (Alpaca) and ``conversations[*].value`` (chat);
+``keys`` restricts it to named string fields. ``tools/train_tokenizer.py`` is the command line.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sentencepiece as spm
+
+from chatflow.data.jsonl_reader import (
+    JsonlError,
+    RecordError,
+    check_string,
+    iter_lines,
+    parse_line,
+)
+from chatflow.fileio import atomic_write
+
+logger = logging.getLogger(__name__)
+
+AUTO_KEYS = ("text", "zh", "en", "instruction", "input", "output")
+# Byte fallback alone needs 256 byte pieces plus UNK/BOS/EOS; a few merges on top of that.
+MIN_VOCAB_SIZE = 260 + 3
+
+
+@dataclass(frozen=True)
+class TokenizerTrainingConfig:
+    """What to train on and how; the defaults are LLaMA2's.
+
+    Attributes:
+        inputs: JSONL(.gz) files (already expanded, see ``jsonl_reader.expand_inputs``).
+        output: path of the ``.model`` file to write.
+        vocab_size: pieces in the model, control and byte pieces included.
+        keys: string fields to train on; None takes every known layout's fields.
+        character_coverage: share of characters covered by character pieces.
+        seed: sentencepiece's random seed.
+        num_threads: trainer threads (1 is reproducible everywhere).
+        skip_bad: skip (and log) bad records instead of failing on the first.
+        input_sentence_size: sample this many sentences (0: all) for very large corpora.
+        max_sentence_length: longer sentences (bytes) are dropped by sentencepiece.
+        write_vocab: also write ``<output minus .model>.vocab`` (piece and score per line).
+    """
+
+    inputs: list[str]
+    output: str
+    vocab_size: int = 32000
+    keys: list[str] | None = None
+    character_coverage: float = 0.9995
+    seed: int = 1234
+    num_threads: int = 1
+    skip_bad: bool = False
+    input_sentence_size: int = 0
+    max_sentence_length: int = 16384
+    write_vocab: bool = True
+
+
+@dataclass
+class TrainingCounts:
+    """What a training run read: records used, sentences fed, bad records skipped."""
+
+    records: int = 0
+    sentences: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class TokenizerTrainingSummary:
+    """Result of :func:`train_tokenizer`: where the model went and what it was trained on."""
+
+    output: str
+    vocab_size: int
+    records: int
+    sentences: int
+    skipped: int
+    seconds: float
+
+
+def record_texts(record: dict[str, Any], keys: list[str] | None = None) -> list[str]:
+    """The texts of one record: the named string fields, or every known field if ``keys`` is None.
+
+    Raises:
+        RecordError: a named key is missing/not a string, or no text is found at all.
+    """
+    if keys:
+        out = []
+        for k in keys:
+            if k not in record:
+                raise RecordError(f"missing key {k!r}")
+            out.append(check_string(record[k], k))
+        return out
+    out = [v for k in AUTO_KEYS if isinstance(v := record.get(k), str) and v.strip()]
+    conv = record.get("conversations")
+    if isinstance(conv, list):
+        out += [t["value"] for t in conv if isinstance(t, dict) and isinstance(t.get("value"), str)]
+    if not out:
+        raise RecordError(f"no text field found (looked for {', '.join(AUTO_KEYS)}, conversations)")
+    for i, t in enumerate(out):
+        check_string(t, f"text #{i}")
+    return out
+
+
+def iter_sentences(
+    paths: list[str], keys: list[str] | None, skip_bad: bool, counts: TrainingCounts
+) -> Iterator[str]:
+    """Every non-blank line of text of every record, counting into ``counts``.
+
+    Sentencepiece trains on newline-free sentences, hence the split into lines.
+
+    Raises:
+        JsonlError: a bad record (``file:line``), unless ``skip_bad``.
+    """
+    for path in paths:
+        for n, raw in iter_lines(path):
+            try:
+                texts = record_texts(parse_line(raw), keys)
+            except RecordError as e:
+                if not skip_bad:
+                    raise JsonlError(path, n, str(e)) from None
+                counts.skipped += 1
+                logger.warning("%s:%d: skipped: %s", path, n, e)
+                continue
+            counts.records += 1
+            for t in texts:
+                for line in t.splitlines():
+                    if line.strip():
+                        counts.sentences += 1
+                        yield line
+
+
+def train_tokenizer(config: TokenizerTrainingConfig) -> TokenizerTrainingSummary:
+    """Train a model and write it atomically to ``config.output`` (and its ``.vocab``).
+
+    Raises:
+        ValueError: the vocabulary is too small for byte fallback, or the inputs hold no text.
+        JsonlError: a bad record, unless ``config.skip_bad``.
+        RuntimeError: sentencepiece's own errors (e.g. a vocabulary too large for the corpus).
+    """
+    if config.vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"--vocab-size {config.vocab_size} is too small: byte fallback alone needs 259"
+        )
+    t0 = time.time()
+    counts = TrainingCounts()
+    spm.set_random_generator_seed(config.seed)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter_sentences(config.inputs, config.keys, config.skip_bad, counts),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=config.vocab_size,
+        character_coverage=config.character_coverage,
+        byte_fallback=True,
+        split_digits=True,
+        split_by_unicode_script=True,
+        split_by_whitespace=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        normalization_rule_name="identity",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        unk_surface=" \u2047 ",
+        max_sentence_length=config.max_sentence_length,
+        input_sentence_size=config.input_sentence_size,
+        shuffle_input_sentence=config.input_sentence_size > 0,
+        num_threads=config.num_threads,
+        train_extremely_large_corpus=False,
+        minloglevel=2,
+    )
+    if counts.sentences == 0:
+        raise ValueError("no text found in the inputs")
+    atomic_write(config.output, model.getvalue())
+    if config.write_vocab:
+        _write_vocab(config.output, model.getvalue())
+    return TokenizerTrainingSummary(
+        output=config.output,
+        vocab_size=config.vocab_size,
+        records=counts.records,
+        sentences=counts.sentences,
+        skipped=counts.skipped,
+        seconds=time.time() - t0,
+    )
+
+
+def train(
+    inputs: list[str], output: str, vocab_size: int, **options: Any
+) -> TokenizerTrainingSummary:
+    """Shorthand for :func:`train_tokenizer`; ``options`` are the other config fields."""
+    return train_tokenizer(TokenizerTrainingConfig(inputs, output, vocab_size, **options))
+
+
+def _write_vocab(output: str, model_proto: bytes) -> None:
+    """Write the human-readable ``piece<TAB>score`` list next to the model."""
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    lines = [f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size())]
+    base = output[: -len(".model")] if output.endswith(".model") else output
+    atomic_write(base + ".vocab", "".join(lines).encode("utf-8"))
