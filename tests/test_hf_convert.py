@@ -1,4 +1,4 @@
-"""HF LLaMA2 <-> megatron-core conversion (chatflow/hf_convert.py, tools/convert_hf_checkpoint.py).
+"""HF LLaMA2 <-> megatron-core conversion (chatflow/hf_convert.py, chatflow/hf_checkpoint.py).
 
 The oracle is transformers' own ``LlamaForCausalLM``: a tiny random GQA model (4 heads in 2 KV
 groups, 2 layers, vocabulary 300, not a multiple of 128) is converted, loaded through the
@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from conftest import load_tool
 
 from chatflow import hf_convert
+from chatflow.hf_checkpoint import DTYPES, export_hf, import_hf
 
 VOCAB, SEQ, BATCH = 300, 16, 2
 HF_ARGS = dict(
@@ -152,23 +153,22 @@ def test_checkpoint_layout(converted):
 
 @pytest.mark.dist
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_tool_round_trip_is_exact(hf_dir, tmp_path, dtype):
-    """HF -> dist-checkpoint -> HF; bf16 also pads for TP=2 (512 stored rows, exported from a
-    model built with exactly that padding)."""
+def test_round_trip_is_exact(hf_dir, tmp_path, dtype):
+    """HF -> dist-checkpoint -> HF through the library functions the tool calls; bf16 also pads
+    for TP=2 (512 stored rows, exported from a model built with exactly that padding)."""
     from transformers import LlamaForCausalLM
 
-    tool, ckpt, out = load_tool("convert_hf_checkpoint"), tmp_path / "ckpt", tmp_path / "hf"
-    extra = ["--target-tensor-parallel-size", "2", "--padding", "mean"] if dtype == "bf16" else []
-    assert tool.main(["--direction", "hf-to-mcore", "--hf-dir", str(hf_dir), "--output",
-                      str(ckpt), "--dtype", dtype, *extra]) == 0  # fmt: skip
-    assert tool.main(["--direction", "mcore-to-hf", "--load", str(ckpt), "--output", str(out),
-                      "--dtype", dtype]) == 0  # fmt: skip
+    ckpt, out = tmp_path / "ckpt", tmp_path / "hf"
+    extra = {"target_tensor_parallel_size": 2, "padding": "mean"} if dtype == "bf16" else {}
+    cfg = import_hf(str(hf_dir), str(ckpt), dtype=dtype, **extra)
+    assert cfg.vocab_size == VOCAB
+    assert export_hf(str(ckpt), str(out), dtype=dtype) == 0  # the iteration exported
     original = LlamaForCausalLM.from_pretrained(hf_dir).state_dict()
     exported = LlamaForCausalLM.from_pretrained(out, dtype="auto").state_dict()
     assert sorted(exported) == sorted(original)
     for name, tensor in original.items():
         assert torch.equal(exported[name], tensor.to(exported[name].dtype)), name
-        assert exported[name].dtype == tool.DTYPES[dtype]
+        assert exported[name].dtype == DTYPES[dtype]
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == VOCAB and config["num_key_value_heads"] == 2
 

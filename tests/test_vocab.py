@@ -13,10 +13,12 @@ import os
 import pytest
 import sentencepiece as spm
 import torch
-from conftest import call_tool, load_tool
+from conftest import call_tool
 
 from chatflow import vocab
 from chatflow.tokenizer import Tokenizer
+from chatflow.tokenizer_training import train as train_tokenizer
+from chatflow.vocab_resize import resize_hf_model
 
 pytestmark = pytest.mark.unit
 
@@ -26,7 +28,7 @@ MIXED = "ChatFlow 今天北京的天气非常热，气温大约22度。 The mode
 @pytest.fixture(scope="module")
 def en_model(tmp_path_factory, sample_data_dir) -> str:
     path = str(tmp_path_factory.mktemp("tok") / "en.model")
-    load_tool("train_tokenizer").train([os.path.join(sample_data_dir, "en_text.jsonl")], path, 800)
+    train_tokenizer([os.path.join(sample_data_dir, "en_text.jsonl")], path, 800)
     return path
 
 
@@ -182,7 +184,7 @@ def test_hf_resize(en_model, expanded, tmp_path, tied):
     src, dst = str(tmp_path / "old"), str(tmp_path / "new")
     _tiny_llama(src, 800, tied)
     old_proto = vocab.load_proto(en_model)
-    stats = load_tool("expand_vocab").resize_hf_model(src, dst, old_proto, expanded.model_proto)
+    stats = resize_hf_model(src, dst, old_proto, expanded.model_proto)
     v_new = expanded.new_vocab_size
     assert stats == {"old_rows": 800, "new_rows": v_new}
     before, after = LlamaForCausalLM.from_pretrained(src), LlamaForCausalLM.from_pretrained(dst)
@@ -204,19 +206,16 @@ def test_hf_resize(en_model, expanded, tmp_path, tied):
 
 
 def test_hf_resize_errors(en_model, expanded, tmp_path):
-    tool = load_tool("expand_vocab")
     old_proto = vocab.load_proto(en_model)
     with pytest.raises(FileNotFoundError, match="not an HF model directory"):
-        tool.resize_hf_model(str(tmp_path), str(tmp_path / "o"), old_proto, expanded.model_proto)
+        resize_hf_model(str(tmp_path), str(tmp_path / "o"), old_proto, expanded.model_proto)
     _tiny_llama(str(tmp_path / "m"), 900)
     with pytest.raises(ValueError, match="embedding has 900 rows but the old tokenizer has 800"):
-        tool.resize_hf_model(
-            str(tmp_path / "m"), str(tmp_path / "o"), old_proto, expanded.model_proto
-        )
+        resize_hf_model(str(tmp_path / "m"), str(tmp_path / "o"), old_proto, expanded.model_proto)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(ValueError, match="exists and is not empty"):
-        tool.resize_hf_model(
+        resize_hf_model(
             str(tmp_path / "m"), str(tmp_path / "full"), old_proto, expanded.model_proto
         )
     other = vocab.expand_model(vocab.load_proto(en_model), ["甲"]).model_proto

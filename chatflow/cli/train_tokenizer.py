@@ -23,11 +23,7 @@ import logging
 import sys
 
 from chatflow.data.jsonl_reader import JsonlError, expand_inputs
-from chatflow.tokenizer_training import (
-    TokenizerTrainingConfig,
-    train,  # noqa: F401  (re-exported: tests call ``load_tool("train_tokenizer").train``)
-    train_tokenizer,
-)
+from chatflow.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
