@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from chatflow.fileio import atomic_write
+
 logger = logging.getLogger(__name__)
 
 # LLaMA2's fixed control ids; models trained by tools/train_tokenizer.py use the same.
@@ -156,3 +158,12 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.model_path!r}, vocab_size={self.vocab_size})"
+
+
+def write_vocab_file(model_path: str, proto: bytes) -> None:
+    """Write the human-readable ``<name>.vocab`` (piece, score) next to ``model_path``, as
+    sentencepiece's trainer and ``chatflow-train-tokenizer`` write it."""
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    lines = [f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size())]
+    base = model_path.removesuffix(".model")
+    atomic_write(base + ".vocab", "".join(lines).encode("utf-8"))

@@ -29,6 +29,7 @@ from chatflow.data.jsonl_reader import (
     parse_line,
 )
 from chatflow.fileio import atomic_write
+from chatflow.tokenizer import write_vocab_file
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def train_tokenizer(config: TokenizerTrainingConfig) -> TokenizerTrainingSummary
         raise ValueError("no text found in the inputs")
     atomic_write(config.output, model.getvalue())
     if config.write_vocab:
-        _write_vocab(config.output, model.getvalue())
+        write_vocab_file(config.output, model.getvalue())
     return TokenizerTrainingSummary(
         output=config.output,
         vocab_size=config.vocab_size,
@@ -203,11 +204,3 @@ def train(
 ) -> TokenizerTrainingSummary:
     """Shorthand for :func:`train_tokenizer`; ``options`` are the other config fields."""
     return train_tokenizer(TokenizerTrainingConfig(inputs, output, vocab_size, **options))
-
-
-def _write_vocab(output: str, model_proto: bytes) -> None:
-    """Write the human-readable ``piece<TAB>score`` list next to the model."""
-    sp = spm.SentencePieceProcessor(model_proto=model_proto)
-    lines = [f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size())]
-    base = output[: -len(".model")] if output.endswith(".model") else output
-    atomic_write(base + ".vocab", "".join(lines).encode("utf-8"))

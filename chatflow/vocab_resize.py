@@ -1,7 +1,7 @@
 """Resize an HF LLaMA checkpoint to an expanded sentencepiece vocabulary.
 
 The pieces and the row initialisation come from :mod:`chatflow.vocab`; this module reads the HF
-directory, writes the resized one atomically, and writes the ``.vocab`` listing of a model.
+directory and writes the resized one atomically.
 """
 
 from __future__ import annotations
@@ -19,17 +19,6 @@ logger = logging.getLogger(__name__)
 # HF tokenizer files that stay valid for the expanded model; tokenizer.json (the "fast" tokenizer)
 # embeds the old vocabulary and merges, so it is NOT copied: HF rebuilds it from tokenizer.model.
 _HF_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
-
-
-def write_vocab_file(model_path: str, proto: bytes) -> None:
-    """Write the human-readable ``<name>.vocab`` (piece, score) next to ``model_path``, as
-    sentencepiece's trainer and ``chatflow-train-tokenizer`` write it."""
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_proto=proto)
-    lines = [f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size())]
-    base = model_path.removesuffix(".model")
-    atomic_write(base + ".vocab", "".join(lines).encode("utf-8"))
 
 
 def resize_hf_model(

@@ -24,7 +24,8 @@ import time
 from chatflow import vocab
 from chatflow.data.jsonl_reader import JsonlError, expand_inputs
 from chatflow.fileio import atomic_write
-from chatflow.vocab_resize import resize_hf_model, write_vocab_file
+from chatflow.tokenizer import write_vocab_file
+from chatflow.vocab_resize import resize_hf_model
 
 
 def main(argv: list[str] | None = None) -> int:
