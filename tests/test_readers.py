@@ -173,10 +173,26 @@ def test_parquet_row_groups(tmp_path, demo_tokenizer_path, jsonl_oracle):
     s = _run(bad, tmp_path / "b", demo_tokenizer_path, on_error="skip")
     (rej,) = [json.loads(x) for x in open(s.rejects_file, encoding="utf-8")]
     assert (rej["file"], rej["row"], s.documents) == (str(bad), 2, 2)
-    with pytest.raises(JsonlError, match=r"bad.parquet: row 2: field 'text' must be a string"):
+    with pytest.raises(JsonlError, match=r"bad.parquet: row 2: missing key 'text'"):
         _run(bad, tmp_path / "f", demo_tokenizer_path)
     with pytest.raises(InputError, match=r"bad.parquet: no column 'body'"):
         _run(bad, tmp_path / "c", demo_tokenizer_path, json_keys=("body",))
+
+
+@pytest.mark.unit
+def test_parquet_chat_records(tmp_path, demo_tokenizer_path):
+    # Mixed Alpaca and multi-turn records in one table: absent fields are nulls there, and must
+    # read as absent (not as a null "conversations").
+    src = os.path.join(ROOT, "examples", "data", "instruct.jsonl")
+    records = [json.loads(x) for x in open(src, encoding="utf-8")]
+    assert {"conversations", "instruction"} <= {k for r in records for k in r}
+    table = pa.Table.from_struct_array(pa.array(records))  # schema inferred from every row
+    pq.write_table(table, tmp_path / "i.parquet", row_group_size=64)
+    _run(src, tmp_path / "j", demo_tokenizer_path, format="instruction")
+    _run(tmp_path / "i.parquet", tmp_path / "p", demo_tokenizer_path, format="instruction")
+    for suffix in ("", "_loss_mask"):
+        j, p = (f"{tmp_path}/{x}_instruction_document{suffix}" for x in "jp")
+        assert _bytes(p) == _bytes(j)
 
 
 def _save_to_disk(path, texts, shards=2):

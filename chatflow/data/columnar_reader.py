@@ -2,7 +2,8 @@
 
 Rows become JSON objects of only the needed columns (the top-level column of each ``--json-keys``
 path, e.g. ``translation`` for ``translation.zh``; every column for the instruction format), one
-per line, numbered by ``row`` (1-based, across all files of a directory). Parquet is read one row
+per line, top-level nulls left out (a table has every column in every row, a record only its
+fields), numbered by ``row`` (1-based, across all files of a directory). Parquet is read one row
 group at a time (``ParquetFile.iter_batches``), Arrow IPC one record batch at a time.
 
 A ``save_to_disk`` directory holds ``data-00000-of-0000N.arrow`` files (Arrow IPC *stream*
@@ -84,16 +85,17 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 
 def _rows_to_lines(path: str, batch: pa.RecordBatch, first_row: int) -> bytes:
     # Column-wise conversion and one encoder call per value: about twice as fast as
-    # ``json.dumps`` of ``batch.to_pylist()`` row dicts, with the same text.
+    # ``json.dumps`` of ``batch.to_pylist()`` row dicts, with the same text. A null is an absent
+    # field (a table has every column in every row, a JSON record only the fields it has).
     names = [_ENCODE(n) + ": " for n in batch.schema.names]
     cols = [c.to_pylist() for c in batch.columns]
     try:
         if len(cols) == 1:
             head = "{" + names[0]
-            text = "}\n".join(head + _ENCODE(v) for v in cols[0]) + "}\n"
+            text = "".join("{}\n" if v is None else head + _ENCODE(v) + "}\n" for v in cols[0])
         else:
             text = "".join(
-                "{" + ", ".join(n + _ENCODE(v) for n, v in zip(names, row)) + "}\n"
+                "{" + ", ".join(n + _ENCODE(v) for n, v in zip(names, row) if v is not None) + "}\n"
                 for row in zip(*cols)
             )
     except (TypeError, ValueError) as e:
