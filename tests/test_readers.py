@@ -374,7 +374,12 @@ def test_every_reader_is_worker_count_independent(tmp_path, demo_tokenizer_path)
     (tmp_path / "x.tsv").write_text("zh\ten\n" + "".join(f"{r['zh']}\t{r['en']}\n" for r in rows))
     (tmp_path / "a.zh").write_text("".join(r["zh"] + "\n" for r in rows))
     (tmp_path / "a.en").write_text("".join(r["en"] + "\n" for r in rows))
-    middle = gzip.compress("".join(json.dumps({"text": t}) + "\n" for t in texts).encode())
+    with open(tmp_path / "x.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["zh", "en"]] + [[r["zh"], r["en"]] for r in rows])
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
+    (tmp_path / "l.jsonl.xz").write_bytes(lzma.compress(lines))
+    (tmp_path / "t2.txt.bz2").write_bytes(bz2.compress(b"\n".join(t.encode() for t in texts)))
+    middle = gzip.compress(lines)
     pattern, _ = _three_files(tmp_path, middle[: len(middle) // 2])
     cases = [
         ([tmp_path / "arr.json"], {}, {}),
@@ -383,6 +388,9 @@ def test_every_reader_is_worker_count_independent(tmp_path, demo_tokenizer_path)
         ([tmp_path / "t.txt"], {}, {"text_boundary": "blank-line"}),
         ([tmp_path / "x.tsv"], {"format": "parallel"}, {}),
         ([tmp_path / "a.zh"], {"format": "parallel"}, {"aligned_inputs": [str(tmp_path / "a.en")]}),
+        ([tmp_path / "t2.txt.bz2"], {}, {"text_boundary": "line"}),
+        ([tmp_path / "x.csv"], {"format": "parallel"}, {}),
+        ([tmp_path / "l.jsonl.xz"], {}, {}),
         ([pattern], {}, {}),
     ]
     for i, (inputs, enc, job) in enumerate(cases):
@@ -394,3 +402,23 @@ def test_every_reader_is_worker_count_independent(tmp_path, demo_tokenizer_path)
             prefix = s.outputs[0]
             outs.append((_bytes(prefix), open(s.rejects_file, "rb").read(), s.damaged_files))
         assert outs[0][0][0] and outs[0] == outs[1] == outs[2], inputs
+
+
+@pytest.mark.unit
+def test_locators_do_not_depend_on_block_size(tmp_path, demo_tokenizer_path):
+    (tmp_path / "a.json").write_text('[{"text": "a"}, 1, {"text": "b"}, {}, {"text": "c"}]')
+    (tmp_path / "t.tsv").write_text("zh\ten\n一\tone\n\n二\n三\tthree\n四\n")
+    (tmp_path / "p.txt").write_bytes(b"a\nb\n\n\xff\n\nc\n\n\n\xfe\nd\n")
+    cases = [
+        ("a.json", {}, {}, "element", [2, 4]),
+        ("t.tsv", {"format": "parallel"}, {}, "line", [4, 6]),
+        ("p.txt", {}, {"text_boundary": "blank-line"}, "line", [4, 9]),
+    ]
+    for name, enc, job, unit, expected in cases:
+        seen = []
+        for block in (1, 7, 1 << 20):
+            s = _run(tmp_path / name, tmp_path / f"o{block}", demo_tokenizer_path,
+                     on_error="skip", block_bytes=block, job=job, **enc)  # fmt: skip
+            seen.append([json.loads(x) for x in open(s.rejects_file, encoding="utf-8")])
+        assert [r[unit] for r in seen[0]] == expected, name
+        assert seen[0] == seen[1] == seen[2], name
