@@ -6,6 +6,7 @@ texts, pyarrow's own readers, the stdlib / zstandard decoders.
 
 from __future__ import annotations
 
+import base64
 import bz2
 import csv
 import gzip
@@ -85,16 +86,20 @@ def test_streamed_json_array_matches_jsonl(tmp_path, demo_tokenizer_path, jsonl_
 
 @pytest.mark.unit
 def test_json_array_bad_elements_are_located(tmp_path, demo_tokenizer_path):
-    src = tmp_path / "a.json"  # content decides: a .jsonl name does not matter
-    src.write_text('  [{"text": "一"}, 42, {"text": ""},\n {"text": "二"}]\n', encoding="utf-8")
+    src = tmp_path / "a.jsonl"  # content decides: a .jsonl name does not matter
+    src.write_bytes(
+        b'  [{"text": "\xe4\xb8\x80"}, 42, {"text": ""},\n {"text": "\xff"}, {"text": "b"}]'
+    )
     s = _run(src, tmp_path / "o", demo_tokenizer_path, on_error="skip", block_bytes=8)
-    assert (s.documents, s.skipped) == (2, 2)
+    assert (s.documents, s.skipped) == (2, 3)
     rejects = [json.loads(x) for x in open(s.rejects_file, encoding="utf-8")]
     assert [(r["element"], r["error"]) for r in rejects] == [
         (2, "expected a JSON object, got int"),
         (3, "field 'text' is empty"),
+        (4, "invalid UTF-8 at byte 10"),
     ]
-    with pytest.raises(JsonlError, match=r"a.json: element 2: expected a JSON object"):
+    assert base64.b64decode(rejects[2]["raw_base64"]) == b'{"text": "\xff"}'
+    with pytest.raises(JsonlError, match=r"a.jsonl: element 2: expected a JSON object"):
         _run(src, tmp_path / "f", demo_tokenizer_path)
     broken = tmp_path / "broken.json"
     broken.write_text('[{"text": "一"}, {"text": "二"', encoding="utf-8")

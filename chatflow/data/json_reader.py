@@ -80,7 +80,9 @@ def iter_array_blocks(
         InputError: the data is not a well-formed array (names the element and byte offset).
         DamagedInputError: decompression failed (elements before it are yielded first).
     """
-    decoder = codecs.getincrementaldecoder("utf-8")()
+    # surrogateescape: invalid UTF-8 survives the round trip, so the worker rejects just that
+    # element (by byte position) instead of the whole file failing here.
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
     buf = decoder.decode(first)
     pos = 0
     base = 0  # bytes of the input before buf[0]
@@ -96,7 +98,7 @@ def iter_array_blocks(
         if eof:
             return False
         if pos > (1 << 20):  # drop what is consumed, so memory stays bounded
-            base += len(buf[:pos].encode("utf-8"))
+            base += len(buf[:pos].encode("utf-8", "surrogateescape"))
             buf, pos = buf[pos:], 0
         try:
             chunk = next(chunks)
@@ -106,16 +108,11 @@ def iter_array_blocks(
             return False
         except CompressedDataError as e:
             raise DamagedInputError(path, e.offset, "element", element - 1, e.reason) from None
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}: element {element}: invalid UTF-8: {e.reason}") from None
-        try:
-            buf += decoder.decode(chunk)
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}: element {element}: invalid UTF-8: {e.reason}") from None
+        buf += decoder.decode(chunk)
         return True
 
     def offset() -> int:
-        return base + len(buf[:pos].encode("utf-8"))
+        return base + len(buf[:pos].encode("utf-8", "surrogateescape"))
 
     def skip_ws() -> str:
         """The next non-whitespace character (reading more as needed), or "" at the end."""
@@ -166,7 +163,8 @@ def iter_array_blocks(
                     if end >= 0 and (end < len(buf) or eof):
                         break
                 fill()
-            raw = buf[pos:end].replace("\n", " ").replace("\r", " ").encode("utf-8")
+            raw = buf[pos:end].replace("\n", " ").replace("\r", " ")
+            raw = raw.encode("utf-8", "surrogateescape")
             pos = end
             block.append(raw)
             size += len(raw) + 1
