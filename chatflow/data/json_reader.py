@@ -157,10 +157,16 @@ def iter_array_blocks(
                     try:
                         _, end = _DECODER.raw_decode(buf, pos)
                     except json.JSONDecodeError as e:
-                        if eof:
+                        # An error well before the buffer's end is not a cut-off element (those
+                        # fail at the end, or as an unterminated string): stop here, without
+                        # reading the rest of the file into the buffer first.
+                        early = e.pos < len(buf) - 16 and not e.msg.startswith("Unterminated")
+                        if eof or early:
                             raise bad(f"invalid JSON: {e.msg}") from None
-                    # A value that ends at the buffer's end may go on (a number): read more.
-                    if end >= 0 and (end < len(buf) or eof):
+                    # A value that ends near the buffer's end may go on (a number such as "1."
+                    # cut before its fraction): read more.
+                    scalar = buf[pos] not in '{["'
+                    if end >= 0 and (eof or end < len(buf) - (64 if scalar else 0)):
                         break
                 fill()
             raw = buf[pos:end].replace("\n", " ").replace("\r", " ")
