@@ -103,13 +103,16 @@ class _ZstdReader(io.RawIOBase):
         self._obj = self._dctx.decompressobj()
         self._in_frame = False
         self._pending = b""
+        self._at = 0  # read position in _pending (an index: slicing off the front is quadratic)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:  # type: ignore[override]
-        while not self._pending:
-            data = self._raw.read(CHUNK_BYTES)
+        while self._at >= len(self._pending):
+            self._pending, self._at = b"", 0
+            # Small compressed pieces keep one piece's output (and memory) small.
+            data = self._raw.read(1 << 13)
             if not data:
                 if self._in_frame:
                     raise EOFError("compressed file ended before the end of its last zstd frame")
@@ -122,9 +125,9 @@ class _ZstdReader(io.RawIOBase):
                     data = self._obj.unused_data
                     self._obj = self._dctx.decompressobj()
                     self._in_frame = False
-        n = min(len(b), len(self._pending))
-        b[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+        n = min(len(b), len(self._pending) - self._at)
+        b[:n] = memoryview(self._pending)[self._at : self._at + n]
+        self._at += n
         return n
 
     def close(self) -> None:

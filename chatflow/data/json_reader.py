@@ -93,23 +93,31 @@ def iter_array_blocks(
     size = 0
     expect_open = True
 
-    def fill() -> bool:
+    def fill(at_least: int = 1) -> bool:
+        """Append at least ``at_least`` more characters (fewer at the end); False at the end."""
         nonlocal buf, pos, base, eof
         if eof:
             return False
         if pos > (1 << 20):  # drop what is consumed, so memory stays bounded
             base += len(buf[:pos].encode("utf-8", "surrogateescape"))
             buf, pos = buf[pos:], 0
-        try:
-            chunk = next(chunks)
-        except StopIteration:
-            eof = True
-            buf += decoder.decode(b"", final=True)
-            return False
-        except CompressedDataError as e:
-            raise DamagedInputError(path, e.offset, "element", element - 1, e.reason) from None
-        buf += decoder.decode(chunk)
-        return True
+        # Pieces are joined once per call: growing a str chunk by chunk would copy a huge
+        # element over and over (quadratic).
+        parts: list[str] = []
+        got = 0
+        while got < at_least:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                eof = True
+                parts.append(decoder.decode(b"", final=True))
+                break
+            except CompressedDataError as e:
+                raise DamagedInputError(path, e.offset, "element", element - 1, e.reason) from None
+            parts.append(decoder.decode(chunk))
+            got += len(parts[-1])
+        buf += "".join(parts)
+        return got > 0
 
     def offset() -> int:
         return base + len(buf[:pos].encode("utf-8", "surrogateescape"))
@@ -148,27 +156,24 @@ def iter_array_blocks(
                 pos += 1
                 ch = skip_ws()
             # Parse the element; retry after reading more while it may run past the buffer. The
-            # buffer at least doubles between retries, so a huge element is parsed O(log n) times.
-            last_try = 0
+            # unparsed span doubles between retries, so a huge element is parsed O(log n) times.
             while True:
                 end = -1
-                if eof or len(buf) - pos >= 2 * last_try:
-                    last_try = max(len(buf) - pos, 1)
-                    try:
-                        _, end = _DECODER.raw_decode(buf, pos)
-                    except json.JSONDecodeError as e:
-                        # An error well before the buffer's end is not a cut-off element (those
-                        # fail at the end, or as an unterminated string): stop here, without
-                        # reading the rest of the file into the buffer first.
-                        early = e.pos < len(buf) - 16 and not e.msg.startswith("Unterminated")
-                        if eof or early:
-                            raise bad(f"invalid JSON: {e.msg}") from None
-                    # A value that ends near the buffer's end may go on (a number such as "1."
-                    # cut before its fraction): read more.
-                    scalar = buf[pos] not in '{["'
-                    if end >= 0 and (eof or end < len(buf) - (64 if scalar else 0)):
-                        break
-                fill()
+                try:
+                    _, end = _DECODER.raw_decode(buf, pos)
+                except json.JSONDecodeError as e:
+                    # An error well before the buffer's end is not a cut-off element (those
+                    # fail at the end, or as an unterminated string): stop here, without
+                    # reading the rest of the file into the buffer first.
+                    early = e.pos < len(buf) - 16 and not e.msg.startswith("Unterminated")
+                    if eof or early:
+                        raise bad(f"invalid JSON: {e.msg}") from None
+                # A value that ends near the buffer's end may go on (a number such as "1."
+                # cut before its fraction): read more.
+                scalar = buf[pos] not in '{["'
+                if end >= 0 and (eof or end < len(buf) - (64 if scalar else 0)):
+                    break
+                fill(max(len(buf) - pos, 1))
             raw = buf[pos:end].replace("\n", " ").replace("\r", " ")
             raw = raw.encode("utf-8", "surrogateescape")
             pos = end

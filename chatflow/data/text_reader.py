@@ -36,11 +36,14 @@ def iter_raw_lines(path: str, stream) -> Iterator[tuple[int, bytes]]:
         DamagedInputError: decompression failed; the lines before it were yielded.
     """
     n = 0
-    carry = b""
+    carry: list[bytes] = []  # pieces of a line not yet ended (a list: no quadratic re-copying)
     delivered = 0  # bytes of the lines yielded so far
     try:
         for chunk in iter_chunks(stream):
-            data = carry + chunk if carry else chunk
+            if b"\n" not in chunk:
+                carry.append(chunk)
+                continue
+            data = b"".join(carry) + chunk if carry else chunk
             start = 0
             while True:
                 end = data.find(b"\n", start)
@@ -50,11 +53,11 @@ def iter_raw_lines(path: str, stream) -> Iterator[tuple[int, bytes]]:
                 yield n, data[start:end].removesuffix(b"\r")
                 delivered += end + 1 - start
                 start = end + 1
-            carry = data[start:]
+            carry = [data[start:]] if start < len(data) else []
     except CompressedDataError as e:
         raise DamagedInputError(path, delivered, "line", n, e.reason) from None
     if carry:
-        yield n + 1, carry.removesuffix(b"\r")
+        yield n + 1, b"".join(carry).removesuffix(b"\r")
 
 
 def json_line(obj: dict, raw: bytes | None = None) -> bytes:
