@@ -427,3 +427,19 @@ def test_locators_do_not_depend_on_block_size(tmp_path, demo_tokenizer_path):
             seen.append([json.loads(x) for x in open(s.rejects_file, encoding="utf-8")])
         assert [r[unit] for r in seen[0]] == expected, name
         assert seen[0] == seen[1] == seen[2], name
+
+
+@pytest.mark.unit
+def test_array_elements_across_chunk_boundaries():
+    from chatflow.data.json_reader import iter_array_blocks
+
+    values = [{"text": "長" * 300_000, "n": 1.5e-3}, 12345.678, -7, "s\u00e9\n", True, None, []]
+    data = json.dumps(values, ensure_ascii=False, indent=1).encode()
+    for size in (1, 7, 4096):  # pieces cut anywhere: inside numbers, escapes, UTF-8 sequences
+        # The byte-by-byte case without the huge element, to stay fast.
+        data_ = json.dumps(values[1:], indent=1).encode() if size == 1 else data
+        chunks = iter(data_[i : i + size] for i in range(0, len(data_), size))
+        blocks = list(iter_array_blocks("x", chunks, 1 << 16))
+        got = [json.loads(x) for _, b in blocks for x in b.splitlines()]
+        assert got == json.loads(data_), size
+        assert [f for f, _ in blocks][0] == 1

@@ -54,7 +54,8 @@ class PreprocessJob:
     """One preprocessing run: what to read, how to encode it, where to write it."""
 
     inputs: list[str]
-    """JSONL(.gz) files or globs, in order (each glob sorted; duplicates read once)."""
+    """Files, globs, dataset directories or ``-`` (see :mod:`chatflow.data.readers`), in order
+    (each glob sorted; duplicates read once)."""
     output_prefix: str
     """Shards are named ``<output_prefix>_<name>`` (see :class:`PreprocessConfig`)."""
     tokenizer_model: str
