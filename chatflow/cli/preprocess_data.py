@@ -35,7 +35,9 @@ from tqdm import tqdm
 from chatflow.data.jsonl_reader import DEFAULT_BLOCK_BYTES, JsonlError
 from chatflow.data.preprocess import PreprocessConfig
 from chatflow.data.preprocess_run import PreprocessJob, PreprocessSummary, preprocess
+from chatflow.data.readers import INPUT_FORMATS
 from chatflow.data.templates import InstructionTemplate, ParallelTemplate
+from chatflow.data.text_reader import BOUNDARIES
 
 
 def _unescape(s: str) -> str:
@@ -50,14 +52,39 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     g = p.add_argument_group("input/output")
-    g.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files or globs")
+    g.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="files, globs or dataset directories (JSON Lines, JSON arrays, Parquet, Arrow, "
+        "TSV/CSV, text; .gz/.zst/.bz2/.xz); - reads standard input",
+    )
+    g.add_argument(
+        "--input-aligned",
+        nargs="+",
+        default=[],
+        help="parallel format: plain-text files aligned line by line with --input (EN side)",
+    )
+    g.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default="auto",
+        help="input layout (auto: by directory/suffix, JSON Lines vs array by content)",
+    )
+    g.add_argument(
+        "--text-document-boundary",
+        choices=BOUNDARIES,
+        default="line",
+        help="plain-text inputs: what one document is",
+    )
     g.add_argument("--output-prefix", required=True)
     g.add_argument("--format", choices=("text", "parallel", "instruction"), default="text")
     g.add_argument(
         "--json-keys",
         nargs="+",
         default=None,
-        help="text: keys to tokenize (default: text); parallel: ZH EN keys",
+        help="keys or columns (dotted paths allowed); text: keys to tokenize (default: text); "
+        "parallel: ZH EN keys",
     )
     g.add_argument(
         "--on-error",
@@ -208,6 +235,9 @@ def job_from_args(args: argparse.Namespace) -> PreprocessJob:
         on_error=args.on_error,
         workers=args.workers,
         block_bytes=args.block_bytes,
+        input_format=args.input_format,
+        text_boundary=args.text_document_boundary,
+        aligned_inputs=list(args.input_aligned),
     )
 
 
@@ -231,6 +261,11 @@ def format_summary(s: PreprocessSummary) -> str:
         f"tokens:    {s.tokens:,}",
         f"time:      {dt:.2f}s ({s.documents / dt:,.0f} docs/s, {s.tokens / dt:,.0f} "
         f"tokens/s, {s.bytes / dt / 1e6:.2f} MB/s)",
+    ]
+    lines += [
+        f"damaged:   {d['file']} at byte {d['offset']} (after {d['unit']} {d['last_good']}); "
+        "the rest of that file is lost"
+        for d in s.damaged_files
     ]
     lines += [f"output:    {p}.bin/.idx" for p in s.outputs]
     return "\n".join(lines)

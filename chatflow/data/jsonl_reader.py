@@ -32,19 +32,23 @@ class RecordError(ValueError):
 
 
 class JsonlError(ValueError):
-    """A bad record, located: ``<file>:<line>: <reason>``.
+    """A bad record, located: ``<file>:<line>: <reason>`` (``<file>: row <n>: <reason>`` for other
+    units).
 
     Attributes:
         path: input file.
-        line: 1-based line number.
-        reason: what is wrong with the line.
+        line: 1-based locator (line, array element or table row number).
+        reason: what is wrong with the record.
+        unit: what ``line`` counts: ``line``, ``element`` or ``row``.
     """
 
-    def __init__(self, path: str, line: int, reason: str) -> None:
-        super().__init__(f"{path}:{line}: {reason}")
+    def __init__(self, path: str, line: int, reason: str, unit: str = "line") -> None:
+        where = f"{path}:{line}" if unit == "line" else f"{path}: {unit} {line}"
+        super().__init__(f"{where}: {reason}")
         self.path = path
         self.line = line
         self.reason = reason
+        self.unit = unit
 
 
 def open_binary(path: str) -> BinaryIO:
@@ -131,15 +135,39 @@ def check_string(value: Any, field: str) -> str:
     return value
 
 
+_MISSING = object()
+
+
+def lookup(record: dict[str, Any], key: str) -> Any:
+    """``record[key]``, where a dotted ``key`` is a path into nested objects (``translation.zh``).
+
+    A literal key containing the dot wins when present (``{"a.b": 1}`` gives 1 for ``a.b``);
+    otherwise the path is followed one dot at a time, again preferring the longest literal key at
+    each level. Returns a private sentinel when missing (see :func:`get_text`).
+    """
+    if key in record:
+        return record[key]
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):  # longest literal head first
+        head = ".".join(parts[:i])
+        inner = record.get(head, _MISSING)
+        if isinstance(inner, dict):
+            value = lookup(inner, ".".join(parts[i:]))
+            if value is not _MISSING:
+                return value
+    return _MISSING
+
+
 def get_text(record: dict[str, Any], key: str) -> str:
-    """The non-empty string ``record[key]``.
+    """The non-empty string ``record[key]`` (``key`` may be a dotted path, see :func:`lookup`).
 
     Raises:
         RecordError: the key is missing, not a string, empty, or not valid Unicode.
     """
-    if key not in record:
+    value = lookup(record, key)
+    if value is _MISSING:
         raise RecordError(f"missing key {key!r}")
-    return check_string(record[key], key)
+    return check_string(value, key)
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:

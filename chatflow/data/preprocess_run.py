@@ -26,13 +26,21 @@ from typing import Protocol
 import numpy as np
 
 from chatflow.data.indexed_dataset import IndexedDatasetWriter, idx_path
-from chatflow.data.jsonl_reader import DEFAULT_BLOCK_BYTES, JsonlError, expand_inputs, iter_blocks
+from chatflow.data.input_source import DamagedInputError
+from chatflow.data.jsonl_reader import DEFAULT_BLOCK_BYTES, JsonlError
 from chatflow.data.preprocess import (
     BlockEncoder,
     BlockResult,
     PreprocessConfig,
     encode_block,
     init_worker,
+)
+from chatflow.data.readers import (
+    ReaderOptions,
+    expand_inputs,
+    known_size,
+    needed_fields,
+    open_reader,
 )
 from chatflow.tokenizer import Tokenizer
 
@@ -46,7 +54,8 @@ class PreprocessJob:
     """One preprocessing run: what to read, how to encode it, where to write it."""
 
     inputs: list[str]
-    """JSONL(.gz) files or globs, in order (each glob sorted; duplicates read once)."""
+    """Files, globs, dataset directories or ``-`` (see :mod:`chatflow.data.readers`), in order
+    (each glob sorted; duplicates read once)."""
     output_prefix: str
     """Shards are named ``<output_prefix>_<name>`` (see :class:`PreprocessConfig`)."""
     tokenizer_model: str
@@ -59,6 +68,12 @@ class PreprocessJob:
     """Encoding processes; 0 encodes in the calling process."""
     block_bytes: int = DEFAULT_BLOCK_BYTES
     """Input bytes per worker task."""
+    input_format: str = "auto"
+    """Input layout (:data:`chatflow.data.readers.INPUT_FORMATS`); ``auto`` detects it."""
+    text_boundary: str = "line"
+    """Plain-text inputs: ``line``, ``blank-line`` or ``file`` documents."""
+    aligned_inputs: list[str] = field(default_factory=list)
+    """Parallel format: the second file aligned with each input (same count, same order)."""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -96,6 +111,9 @@ class PreprocessSummary:
     """Input bytes read (uncompressed)."""
     seconds: float = 0.0
     """Wall time of the run."""
+    damaged_files: list[dict] = field(default_factory=list)
+    """Skip mode: inputs that end in damage, each ``{"file", "offset", "unit", "last_good",
+    "lost", "error"}`` (``lost``: records lost, None when unknown)."""
 
 
 class Progress(Protocol):
@@ -118,6 +136,7 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
     t0 = time.time()
     cfg = job.encoding
     inputs = expand_inputs(job.inputs)
+    reading = _reader_options(job, inputs)
     tokenizer = Tokenizer(job.tokenizer_model)
     prefixes = cfg.output_prefixes(job.output_prefix)
     mask_prefix = cfg.mask_prefix(job.output_prefix)
@@ -129,8 +148,7 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
     )
     if progress is not None:
         # Before the pool forks: the callback may set up whatever it needs (e.g. a bar).
-        gz = any(p.endswith(".gz") for p in inputs)
-        progress.start(None if gz else sum(map(os.path.getsize, inputs)))
+        progress.start(known_size(inputs))
 
     dtype = BlockEncoder(tokenizer, cfg).dtype
     writers = [IndexedDatasetWriter(p, dtype) for p in prefixes]
@@ -139,14 +157,19 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
     rejects_tmp = f"{job.rejects_path}.tmp{os.getpid()}"
     rejects_file = open(rejects_tmp, "w", encoding="utf-8") if skip else None
     try:
-        tasks = _tasks(inputs, job.block_bytes)
-        for source, res in _results(tasks, tokenizer, cfg, job.workers):
+        units: list[str] = []  # per input: what its locators count
+        damages: list[tuple[int, DamagedInputError]] = []  # (tasks before it, damage)
+        tasks = _tasks(inputs, job, reading, units, damages)
+        for n, (source, res) in enumerate(_results(tasks, tokenizer, cfg, job.workers)):
+            _take_damages(damages, n, skip, summary, rejects_file)
             if res.rejects:
                 if not skip:
                     line, reason, _ = res.rejects[0]
-                    raise JsonlError(inputs[source], line, reason)
+                    raise JsonlError(inputs[source], line, reason, units[source])
                 for line, reason, raw in res.rejects:
-                    rejects_file.write(_reject_line(inputs[source], line, reason, raw))
+                    rejects_file.write(
+                        _reject_line(inputs[source], line, reason, raw, units[source])
+                    )
             for w, tokens, lengths in zip(writers, res.tokens, res.lengths, strict=True):
                 _write_documents(w, tokens, lengths)
             if mask_writer is not None:
@@ -160,6 +183,7 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
             summary.bytes += res.num_bytes
             if progress is not None:
                 progress.update(ndocs, ntok, res.num_bytes)
+        _take_damages(damages, None, skip, summary, rejects_file)
         _publish(prefixes, writers, mask_writer)
         if rejects_file is not None:
             rejects_file.close()
@@ -195,10 +219,78 @@ def _publish(
         w.finalize()
 
 
-def _tasks(inputs: list[str], block_bytes: int) -> Iterator[tuple[int, int, bytes]]:
+def _reader_options(job: PreprocessJob, inputs: list[str]) -> ReaderOptions:
+    cfg = job.encoding
+    aligned = list(job.aligned_inputs)
+    if aligned and len(aligned) != len(inputs):
+        raise ValueError(
+            f"--input-aligned: {len(aligned)} file(s) for {len(inputs)} input(s); give one each"
+        )
+    if aligned and cfg.format != "parallel":
+        raise ValueError("--input-aligned needs --format parallel")
+    p = cfg.parallel
+    return ReaderOptions(
+        input_format=job.input_format,
+        text_boundary=job.text_boundary,
+        fields=needed_fields(cfg.format, cfg.json_keys, p.zh_key, p.en_key),
+        aligned=aligned,
+    )
+
+
+def _tasks(
+    inputs: list[str],
+    job: PreprocessJob,
+    reading: ReaderOptions,
+    units: list[str],
+    damages: list[tuple[int, DamagedInputError]],
+) -> Iterator[tuple[int, int, bytes]]:
+    """Blocks of every input in order; damage ends an input and is queued in ``damages``.
+
+    Damage is not raised here: the tasks before it may still be in the pool, and it must be
+    reported after their results, in the same place for any worker count (:func:`_take_damages`).
+    """
+    n = 0
     for source, path in enumerate(inputs):
-        for first_line, blob in iter_blocks(path, block_bytes):
-            yield source, first_line, blob
+        aligned = reading.aligned[source] if reading.aligned else None
+        try:
+            reader = open_reader(path, reading, job.block_bytes, aligned)
+            units.append(reader.unit)
+            for first_line, blob in reader.blocks:
+                yield source, first_line, blob
+                n += 1
+        except DamagedInputError as e:
+            if len(units) == source:
+                units.append(e.unit)
+            damages.append((n, e))
+            if job.on_error != "skip":
+                return  # the damage is raised in order; reading on would be wasted
+
+
+def _take_damages(
+    damages: list[tuple[int, DamagedInputError]],
+    done: int | None,
+    skip: bool,
+    summary: PreprocessSummary,
+    rejects_file,
+) -> None:
+    """Report the damage queued before task ``done`` (None: all): raise, or record and go on."""
+    while damages and (done is None or damages[0][0] <= done):
+        _, e = damages.pop(0)
+        if not skip:
+            raise e
+        logger.warning("%s; the records before it are kept", e)
+        entry = {
+            "file": e.path, "offset": e.offset, "unit": e.unit, "last_good": e.last_good,
+            "lost": None, "error": e.reason,
+        }  # fmt: skip
+        summary.damaged_files.append(entry)
+        rejects_file.write(
+            json.dumps(
+                {"file": e.path, e.unit: e.last_good + 1, "offset": e.offset,
+                 "error": f"damaged input, the rest of the file is lost: {e.reason}"},
+                ensure_ascii=False,
+            ) + "\n"
+        )  # fmt: skip
 
 
 def _results(
@@ -229,8 +321,8 @@ def _results(
             yield source, res.get()
 
 
-def _reject_line(path: str, line: int, reason: str, raw: bytes) -> str:
-    entry = {"file": path, "line": line, "error": reason}
+def _reject_line(path: str, line: int, reason: str, raw: bytes, unit: str = "line") -> str:
+    entry = {"file": path, unit: line, "error": reason}
     try:
         entry["text"] = raw.decode("utf-8")
     except UnicodeDecodeError:
