@@ -136,13 +136,18 @@ def iter_columnar_blocks(
             else:
                 batches = _select(where, _arrow_batches(f), fields)
             for batch in batches:
-                blob = _rows_to_lines(where, batch, row)
-                row += batch.num_rows
-                parts.append(blob)
-                size += len(blob)
-                if size >= block_bytes:
-                    yield first, b"".join(parts)
-                    parts, size, first = [], 0, row
+                # Convert in slices of about one block: a whole batch of long documents can be
+                # tens of MB, and 2 x workers of those in flight would multiply the memory.
+                step = max(1, int(block_bytes * batch.num_rows / max(batch.nbytes, 1)))
+                for start in range(0, batch.num_rows, step):
+                    piece = batch.slice(start, step)
+                    blob = _rows_to_lines(where, piece, row)
+                    row += piece.num_rows
+                    parts.append(blob)
+                    size += len(blob)
+                    if size >= block_bytes:
+                        yield first, b"".join(parts)
+                        parts, size, first = [], 0, row
         except (pa.ArrowException, OSError) as e:
             raise InputError(f"{where}: unreadable after row {row - 1}: {e}") from None
     if parts:
