@@ -9,7 +9,7 @@ STAMP := $(VENV)/.chatflow-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit lint bench clean
+.PHONY: install demo test test-unit lint bench tokenizer-32k clean
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ lint: install
 bench: install
 	$(PY) benchmarks/bench_preprocess.py
 	$(PY) benchmarks/bench_index.py
+
+# Regenerates the shipped LLaMA-style 32k-piece tokenizer (deterministic: same bytes every time).
+tokenizer-32k: install
+	mkdir -p build
+	$(PY) examples/data/make_bilingual_corpus.py --output build/bilingual_corpus.jsonl --size-mb 30
+	$(PY) tools/train_tokenizer.py --input build/bilingual_corpus.jsonl --vocab-size 32000 \
+		--threads 1 --output examples/tokenizer/bilingual_32k.model
+	rm -f examples/tokenizer/bilingual_32k.vocab
 
 clean:
 	rm -rf build demo_out *.egg-info chatflow/_C*.so

@@ -26,6 +26,7 @@ pytest_plugins = ["pytester"]  # tests/test_tier_guard.py runs the hooks in an i
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_TOKENIZER = os.path.join(ROOT, "examples", "tokenizer", "chatflow_demo.model")
+BILINGUAL_32K = os.path.join(ROOT, "examples", "tokenizer", "bilingual_32k.model")
 SAMPLE_DATA = os.path.join(ROOT, "examples", "data")
 
 
@@ -34,6 +35,13 @@ def demo_tokenizer_path() -> str:
     """Path of the shipped LLaMA-style demo sentencepiece model."""
     assert os.path.isfile(DEMO_TOKENIZER), f"{DEMO_TOKENIZER} is missing"
     return DEMO_TOKENIZER
+
+
+@pytest.fixture(scope="session")
+def bilingual_32k_path() -> str:
+    """Path of the shipped LLaMA-style 32k-piece bilingual model (``make tokenizer-32k``)."""
+    assert os.path.isfile(BILINGUAL_32K), f"{BILINGUAL_32K} is missing"
+    return BILINGUAL_32K
 
 
 @pytest.fixture(scope="session")

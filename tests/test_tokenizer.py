@@ -182,3 +182,28 @@ def test_sample_corpus_is_reproducible(tmp_path, sample_data_dir):
         assert (tmp_path / f"{name}.jsonl").read_bytes() == shipped, name
     kinds = {("conversations" in r) for r in corpora["instruct"]}
     assert kinds == {True, False}, "both single-turn and multi-turn records"
+
+
+def test_shipped_32k_tokenizer_is_reproducible(tmp_path, bilingual_32k_path, capsys):
+    """examples/tokenizer/bilingual_32k.model is what `make tokenizer-32k` trains (same bytes)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(
+        os.path.dirname(bilingual_32k_path), "..", "data", "make_bilingual_corpus.py"
+    )
+    spec = importlib.util.spec_from_file_location("make_bilingual_corpus", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    corpus = tmp_path / "corpus.jsonl"
+    mod.generate(str(corpus), 30)
+    out = tmp_path / "t.model"
+    code, _, _ = call_tool("train_tokenizer", "--input", corpus, "--vocab-size", "32000",
+                           "--threads", "1", "--output", out, capsys=capsys)  # fmt: skip
+    assert code == 0
+    assert out.read_bytes() == open(bilingual_32k_path, "rb").read()
+    # LLaMA-like: the template and common words of both languages are whole pieces.
+    sp = spm.SentencePieceProcessor(model_file=bilingual_32k_path)
+    assert sp.get_piece_size() == 32000
+    pieces = sp.encode("### Response:中国的首都是北京。", out_type=str)
+    assert "▁Response" in pieces and not any(p.startswith("<0x") for p in pieces)
