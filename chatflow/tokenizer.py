@@ -9,6 +9,11 @@ LLaMA2 fine-tuning recipes do); padded positions must be masked out of the loss 
 BOS/EOS are never added implicitly: callers say ``bos=True``/``eos=True``, because the data path
 needs exact control (the instruction template puts EOS after every response, not after prompts).
 
+Text that continues a line (a response right after ``### Response:``, the next turn of a
+conversation) is encoded with :meth:`Tokenizer.encode_continuation_batch`: the same model without
+sentencepiece's dummy prefix, so it does not start with a ``▁`` that the rendered text does not
+have (see :mod:`chatflow.data.segment_encoding`).
+
 The object pickles as the model's bytes, so it can be sent to worker processes without relying on
 the model file still being at the same path.
 """
@@ -57,6 +62,7 @@ class Tokenizer:
         except Exception as e:  # sentencepiece raises a bare RuntimeError/OSError on bad protos
             raise ValueError(f"{self.model_path}: not a sentencepiece model ({e})") from None
         self._sp = sp
+        self._sp_continuation: spm.SentencePieceProcessor | None = None  # built on first use
         ids = (sp.unk_id(), sp.bos_id(), sp.eos_id())
         if ids != (LLAMA_UNK_ID, LLAMA_BOS_ID, LLAMA_EOS_ID):
             msg = (
@@ -151,6 +157,30 @@ class Tokenizer:
             raise TypeError("encode_batch expects a sequence of str, got a single str")
         # BOS/EOS are added on the C++ side: a Python pass over every list would cost ~3%.
         return self._sp.encode(list(texts), add_bos=bos, add_eos=eos, num_threads=num_threads)
+
+    def encode_continuation_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of texts that continue a line: encoded without the dummy-prefix ``▁``.
+
+        sentencepiece prepends ``▁`` to every input (the model's ``add_dummy_prefix``), which is
+        right at the start of a document and wrong in the middle of one: ``"答案"`` after
+        ``"### Response:"`` would start with a lone ``▁`` piece that the rendered text lacks.
+        """
+        if isinstance(texts, str):
+            raise TypeError("encode_continuation_batch expects a sequence of str, got a single str")
+        if self._sp_continuation is None:
+            self._sp_continuation = self._without_dummy_prefix()
+        return self._sp_continuation.encode(list(texts), num_threads=1)
+
+    def _without_dummy_prefix(self) -> spm.SentencePieceProcessor:
+        # protobuf comes with sentencepiece's model module; only the normalizer flag changes.
+        from sentencepiece import sentencepiece_model_pb2
+
+        model = sentencepiece_model_pb2.ModelProto()
+        model.ParseFromString(self._proto)
+        model.normalizer_spec.add_dummy_prefix = False
+        sp = spm.SentencePieceProcessor()
+        sp.LoadFromSerializedProto(model.SerializeToString())
+        return sp
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids; control ids (BOS/EOS/pad) are dropped, byte pieces merged."""

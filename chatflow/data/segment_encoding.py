@@ -1,0 +1,56 @@
+"""Encoding a record's template segments so that the tokens say what the rendered text says.
+
+An instruction record is rendered as segments, alternately not trained on (the prompt, e.g.
+``### Instruction:{q} ### Response:``) and trained on (the response); the loss mask changes at
+segment boundaries, so no token may straddle one. Encoding every segment as its own text gets the
+boundaries right but puts sentencepiece's dummy-prefix ``▁`` in front of every segment: with
+LLaMA2's vocabulary each Chinese response would start with a lone, trained-on ``▁`` (id 29871)
+that the rendered text ``### Response:答案`` does not have.
+
+Here the first segment of a record is encoded as the start of a document (with the dummy prefix,
+as encoding the whole rendered string does) and every later segment as a continuation, without
+it. The result equals the encoding of the whole rendered string, token for token, whenever no
+piece of that encoding would cross a segment boundary: sentencepiece's BPE merges only adjacent
+symbols and never splits a merged one, so if no final piece crosses a boundary no merge ever did,
+and each side's merges are those of encoding it alone. Where a piece would cross (``:`` and the
+response's first character merged into one piece, say), the tokens are split at the boundary
+instead: the mask boundary stays exact. Either way ``decode(tokens) == "".join(segments)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatflow.tokenizer import Tokenizer
+
+#: Recorded in the shard sidecar and index-cache keys: how instruction segments become tokens.
+#: 1 = every segment encoded alone (dummy prefix on each); 2 = first segment starts the document,
+#: later segments continue it (this module).
+SEGMENT_ENCODING_VERSION = 2
+
+
+def encode_segments(
+    tokenizer: Tokenizer, records: Sequence[Sequence[str]]
+) -> list[list[list[int]]]:
+    """Token ids of every segment of every record, in two batched sentencepiece calls.
+
+    Args:
+        tokenizer: a :class:`chatflow.tokenizer.Tokenizer`.
+        records: per record, its segment texts in order (the first one starts the document).
+
+    Returns:
+        ``ids[r][s]``: the ids of segment ``s`` of record ``r`` (no BOS/EOS; the caller adds them).
+    """
+    firsts = [segs[0] for segs in records if segs]
+    rest = [text for segs in records for text in segs[1:]]
+    first_ids = iter(tokenizer.encode_batch(firsts))
+    rest_ids = iter(tokenizer.encode_continuation_batch(rest))
+    out: list[list[list[int]]] = []
+    for segs in records:
+        if not segs:
+            out.append([])
+            continue
+        out.append([next(first_ids)] + [next(rest_ids) for _ in segs[1:]])
+    return out
