@@ -37,6 +37,9 @@ lint: install
 bench: install
 	$(PY) benchmarks/bench_preprocess.py
 	$(PY) benchmarks/bench_index.py
+	$(PY) benchmarks/bench_dataset.py
+	$(PY) benchmarks/bench_engine.py --layout single
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc-per-node 2 benchmarks/bench_engine.py --layout tp2
 
 # Regenerates the shipped LLaMA-style 32k-piece tokenizer (deterministic: same bytes every time).
 tokenizer-32k: install

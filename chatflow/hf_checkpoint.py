@@ -71,6 +71,8 @@ class HFCheckpoint(Mapping):
 
 def _single_process_model(cfg: ModelConfig, dtype: torch.dtype) -> torch.nn.Module:
     """The whole GPTModel in this process (TP=PP=1, local spec, CPU): the conversion target."""
+    # Imported here, not at the top: megatron-core takes seconds to import, and reading an HF
+    # checkpoint (HFCheckpoint) or the CLI's --help does not need it.
     import megatron_patches
     from chatflow import parallel
     from chatflow.config.parallel import ParallelConfig

@@ -24,14 +24,9 @@ VALID_FRACTION=0.02  # = --split 98,2
 
 fail() { echo "demo: $*" >&2; exit 1; }
 need() {  # need <path> <what it is and who provides it>
-    [[ -e "$1" ]] || fail "missing $1 ($2); this piece of ChatFlow is not in place yet"
+    [[ -e "$1" ]] || fail "missing $1 ($2)"
 }
-need examples/demo_data.sh "tokenizer + corpus preprocessing, issue 2"
-need tools/build_index.py "blend/sample index builder, issue 3"
-need tools/plot_schedule.py "schedule plot, issue 3"
-need "$SCHEDULE" "the demo's ChatFlow schedule, issue 3"
-need examples/pretrain_chatflow.sh "the launcher, issue 4"
-need tools/plot_training.py "the training plot, issue 4"
+need "$SCHEDULE" "the demo's schedule (SCHEDULE=...)"
 command -v torchrun >/dev/null || fail "torchrun not on PATH (run through 'make demo' or activate .venv)"
 
 echo "=== 1. tokenizer and token shards"

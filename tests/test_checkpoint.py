@@ -185,7 +185,7 @@ def test_tracker_errors_name_the_file(tmp_path):
 @pytest.mark.slow
 def test_resume_with_changed_schedule(runs):
     """The checkpoint's data state lets a run resume under a new schedule: the first three steps
-    keep the old mix, the new steps follow the new one (no sample repeats: tests of issue 3)."""
+    keep the old mix, the new steps follow the new one (no sample repeats)."""
     full = {r["iteration"]: r for r in runs["records"][0] if r["kind"] == "train"}
     changed = {r["iteration"]: r for r in runs["records"][7] if r["kind"] == "train"}
     assert sorted(changed) == [4, 5, 6]

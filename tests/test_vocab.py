@@ -278,3 +278,14 @@ def test_cli_mine_and_resize(en_model, demo_tokenizer_path, sample_data_dir, tmp
         capsys=capsys,
     )  # fmt: skip
     assert code == 1 and "nothing to add: every CJK character of the corpus is a piece" in err
+
+
+def test_expansion_job_validates_its_sources(tmp_path):
+    from chatflow.vocab_expansion import VocabExpansionJob
+
+    with pytest.raises(ValueError, match="exactly one"):
+        VocabExpansionJob("a.model", str(tmp_path / "b.model"))
+    with pytest.raises(ValueError, match="exactly one"):
+        VocabExpansionJob("a.model", "b.model", add_chars="c.txt", mine_corpus=["d.jsonl"])
+    with pytest.raises(ValueError, match="go together"):
+        VocabExpansionJob("a.model", "b.model", add_chars="c.txt", hf_model_dir="hf")

@@ -31,6 +31,7 @@ from chatflow.data.schedule import Schedule
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags of ``chatflow-build-index`` / ``tools/build_index.py``, parsed."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--schedule", help="weight-schedule YAML")

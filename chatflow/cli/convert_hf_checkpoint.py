@@ -29,6 +29,7 @@ from chatflow.hf_checkpoint import DTYPES, export_hf, import_hf
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``chatflow-convert-hf`` / ``tools/convert_hf_checkpoint.py``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--direction", required=True, choices=["hf-to-mcore", "mcore-to-hf"])
     p.add_argument("--hf-dir", help="hf-to-mcore: HF model directory (config.json + weights)")
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``chatflow-convert-hf``: converts, prints a summary, returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if os.path.exists(args.output) and not args.overwrite:

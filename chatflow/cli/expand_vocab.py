@@ -22,13 +22,12 @@ import sys
 import time
 
 from chatflow import vocab
-from chatflow.data.jsonl_reader import JsonlError, expand_inputs
-from chatflow.fileio import atomic_write
-from chatflow.tokenizer import write_vocab_file
-from chatflow.vocab_resize import resize_hf_model
+from chatflow.data.jsonl_reader import JsonlError
+from chatflow.vocab_expansion import VocabExpansionJob, expand_vocabulary
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``chatflow-expand-vocab`` and ``tools/expand_vocab.py``: the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokenizer-model", required=True, help="the old sentencepiece model")
     src = parser.add_mutually_exclusive_group(required=True)
@@ -54,38 +53,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.time()
     try:
-        old = vocab.load_proto(args.tokenizer_model)
-        if args.add_chars:
-            pieces = vocab.read_piece_file(args.add_chars)
-        else:
-            corpus = expand_inputs(args.mine_corpus)
-            mined = vocab.mine_corpus(
-                corpus, old, args.top_n, args.min_count, args.on_error == "skip"
+        summary = expand_vocabulary(
+            VocabExpansionJob(
+                tokenizer_model=args.tokenizer_model,
+                output=args.output,
+                add_chars=args.add_chars,
+                mine_corpus=args.mine_corpus,
+                top_n=args.top_n,
+                min_count=args.min_count,
+                piece_type=args.piece_type,
+                sample=args.sample,
+                sample_size=args.sample_size,
+                hf_model_dir=args.hf_model_dir,
+                output_hf_dir=args.output_hf_dir,
+                skip_bad_records=args.on_error == "skip",
             )
-            if not mined:
-                raise ValueError("nothing to add: every CJK character of the corpus is a piece")
-            pieces = [c for c, _ in mined]
-        result = vocab.expand_model(old, pieces, args.piece_type)
-        atomic_write(args.output, result.model_proto)
-        write_vocab_file(args.output, result.model_proto)
-        sample_files = args.sample or args.mine_corpus
-        texts = (
-            vocab.sample_chinese_texts(expand_inputs(sample_files), args.sample_size)
-            if sample_files
-            else []
         )
-        ratio = None
-        if texts:
-            ratio = (
-                vocab.tokens_per_char(old, texts),
-                vocab.tokens_per_char(result.model_proto, texts),
-            )
-        hf = None
-        if args.hf_model_dir:
-            hf = resize_hf_model(args.hf_model_dir, args.output_hf_dir, old, result.model_proto)
     except (JsonlError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    result = summary.result
     print(
         f"wrote {args.output}: added {len(result.added)} {args.piece_type} pieces, vocab "
         f"{result.old_vocab_size} -> {result.new_vocab_size} "
@@ -96,14 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             f"warning: {len(result.not_single_token)} added pieces do not encode as one token "
             "(use --piece-type user_defined): " + " ".join(result.not_single_token[:20])
         )
-    if ratio:
-        before, after = ratio
+    if summary.tokens_per_char:
+        before, after = summary.tokens_per_char
         print(
-            f"tokens per Chinese character on {len(texts)} sample texts: {before:.3f} -> "
+            f"tokens per Chinese character on {summary.sample_texts} sample texts: {before:.3f} -> "
             f"{after:.3f} ({before / after:.2f}x fewer)"
         )
-    if hf:
-        print(f"wrote {args.output_hf_dir}: embeddings {hf['old_rows']} -> {hf['new_rows']} rows")
+    if summary.hf_rows:
+        old_rows, new_rows = summary.hf_rows
+        print(f"wrote {args.output_hf_dir}: embeddings {old_rows} -> {new_rows} rows")
     print(f"done in {time.time() - t0:.1f}s")
     return 0
 

@@ -196,6 +196,7 @@ class SourceIndices:
     shuffle_index: np.ndarray
 
     def as_dict(self) -> dict[str, np.ndarray]:
+        """The arrays by name (the index cache stores them this way)."""
         return {
             "document_index": self.document_index,
             "sample_index": self.sample_index,

@@ -251,7 +251,7 @@ class Schedule:
 
     @classmethod
     def from_yaml(cls, path: str, *, data_root: str | None = None) -> Schedule:
-        """Load a schedule YAML file (format in README); errors name the file and field.
+        """Load a schedule YAML file (format in docs/schedule.md); errors name the file and field.
 
         Relative shard prefixes resolve against ``data_root`` (this argument, else the file's
         ``data_root`` field taken relative to the file, else the file's directory).

@@ -4,7 +4,8 @@
 construct the schedule from its result, so this module needs only the schedule's parts.
 
 Every error names the file (``origin``) and the field, e.g.
-``s.yaml: knots[1].weights: unknown source name 'zh'``. The format is documented in README.
+``s.yaml: knots[1].weights: unknown source name 'zh'``. The format is documented in
+docs/schedule.md ("Schedule files").
 """
 
 from __future__ import annotations
