@@ -426,24 +426,16 @@ def parse_record(record: dict[str, Any], config: ChatSchemaConfig | None = None)
 TEXT_FIELDS = ("text", "zh", "en", "system", "instruction", "input", "output", "target")
 
 
-def schema_texts(record: dict[str, Any], field_map: dict[str, str] | None = None) -> list[str]:
-    """Every text a record holds in any known schema, for tokenizer training.
+def schema_values(record: dict[str, Any], field_map: dict[str, str] | None = None) -> list[Any]:
+    """The values at every text position of every known schema, as found (any type, maybe blank).
 
-    No repairs and no validation here: non-string and blank values are left out. Reads
-    :data:`TEXT_FIELDS` (plain ``text``, parallel ``zh``/``en``, Alpaca, ShareGPT's top-level
+    Reads :data:`TEXT_FIELDS` (plain ``text``, parallel ``zh``/``en``, Alpaca, ShareGPT's top-level
     ``system``, pCLUE / Firefly-1.1M ``input``/``target``), ``messages[].content``,
     ``conversations[].value``, ``conversation[].human/assistant`` and Alpaca ``history``, after
-    ``field_map`` renames.
+    ``field_map`` renames. Absent fields give nothing.
     """
     rec = apply_field_map(record, field_map or {})
-    out: list[str] = []
-
-    def add(v: Any) -> None:
-        if isinstance(v, str) and v.strip():
-            out.append(v)
-
-    for key in TEXT_FIELDS:
-        add(rec.get(key))
+    out: list[Any] = [rec[k] for k in TEXT_FIELDS if k in rec]
     for key, text_keys in (
         ("messages", ("content",)),
         ("conversations", ("value",)),
@@ -453,15 +445,19 @@ def schema_texts(record: dict[str, Any], field_map: dict[str, str] | None = None
         if isinstance(turns, list):
             for t in turns:
                 if isinstance(t, dict):
-                    for k in text_keys:
-                        add(t.get(k))
+                    out += [t[k] for k in text_keys if k in t]
     history = rec.get("history")
     if isinstance(history, list):
         for pair in history:
             if isinstance(pair, list):
-                for v in pair:
-                    add(v)
+                out += pair
     return out
+
+
+def schema_texts(record: dict[str, Any], field_map: dict[str, str] | None = None) -> list[str]:
+    """The non-blank strings of :func:`schema_values`: every text a record holds in any known
+    schema (for tokenizer training; no repairs, no validation)."""
+    return [v for v in schema_values(record, field_map) if isinstance(v, str) and v.strip()]
 
 
 def parse_map(spec: str | None, what: str) -> dict[str, str]:
