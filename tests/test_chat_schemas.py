@@ -4,6 +4,7 @@ preprocessing, and the same schemas in tokenizer training (with long-paragraph s
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -338,9 +339,12 @@ def _docs(prefix):
 
 
 @pytest.mark.unit
-def test_preprocess_counts_repairs_and_writes_audit_entries(tmp_path, demo_tokenizer_path):
+def test_preprocess_counts_repairs_and_writes_audit_entries(tmp_path, demo_tokenizer_path, caplog):
     src = _write(tmp_path / "chat.jsonl", CHAT_RECORDS)
-    s = _run(src, tmp_path / "o", demo_tokenizer_path)
+    with caplog.at_level(logging.WARNING, logger="chatflow.data.chat_audit"):
+        s = _run(src, tmp_path / "o", demo_tokenizer_path)
+    (warning,) = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
+    assert "'id'" in warning and "2 record(s)" in warning and f"{src}:2" in warning
     assert s.records == 6 and s.documents == 4 and s.skipped == 2
     assert s.repairs == {"empty_turn": 1, "merged_turns": 1, "trailing_user": 1}
     assert s.repaired_records == 2
