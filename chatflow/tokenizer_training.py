@@ -5,9 +5,13 @@ digits split into single pieces, identity normalization (text is kept as is), a 
 space, whitespace not collapsed, UNK=0 / BOS=1 / EOS=2 and no pad piece. Training is
 deterministic for a given input, seed and thread count.
 
-Text is taken from every known layout of ChatFlow's corpora: ``text`` (monolingual), ``zh``/``en``
-(parallel), ``instruction``/``input``/``output`` (Alpaca) and ``conversations[*].value`` (chat);
-``keys`` restricts it to named string fields. ``tools/train_tokenizer.py`` is the command line.
+Text is taken from every text field of every known layout (:func:`chatflow.data.chat_schemas.
+schema_values`: plain ``text``, parallel ``zh``/``en``, Alpaca with ``system``/``history``, pCLUE /
+Firefly ``input``/``target``, ``messages``, ShareGPT ``conversations`` and ``system``, Firefly
+``conversation``; ``field_map`` renames fields first); ``keys`` restricts it to named string
+fields. Lines longer than ``max_sentence_length`` bytes, which sentencepiece would silently ignore,
+are split at sentence or character boundaries (:mod:`chatflow.text_split`) and counted.
+``tools/train_tokenizer.py`` is the command line.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import sentencepiece as spm
 
+from chatflow.data.chat_schemas import schema_values
 from chatflow.data.jsonl_reader import (
     JsonlError,
     RecordError,
@@ -29,11 +34,11 @@ from chatflow.data.jsonl_reader import (
     parse_line,
 )
 from chatflow.fileio import atomic_write
+from chatflow.text_split import split_to_limit
 from chatflow.tokenizer import write_vocab_file
 
 logger = logging.getLogger(__name__)
 
-AUTO_KEYS = ("text", "zh", "en", "instruction", "input", "output")
 # Byte fallback alone needs 256 byte pieces plus UNK/BOS/EOS; a few merges on top of that.
 MIN_VOCAB_SIZE = 260 + 3
 
@@ -52,7 +57,8 @@ class TokenizerTrainingConfig:
         num_threads: trainer threads (1 is reproducible everywhere).
         skip_bad: skip (and log) bad records instead of failing on the first.
         input_sentence_size: sample this many sentences (0: all) for very large corpora.
-        max_sentence_length: longer sentences (bytes) are dropped by sentencepiece.
+        max_sentence_length: sentencepiece's limit (bytes); longer lines are split to fit.
+        field_map: renames of top-level fields before reading (``{"query": "instruction"}``).
         write_vocab: also write ``<output minus .model>.vocab`` (piece and score per line).
     """
 
@@ -67,15 +73,19 @@ class TokenizerTrainingConfig:
     input_sentence_size: int = 0
     max_sentence_length: int = 16384
     write_vocab: bool = True
+    field_map: dict[str, str] | None = None
 
 
 @dataclass
 class TrainingCounts:
-    """What a training run read: records used, sentences fed, bad records skipped."""
+    """What a training run read: records used, sentences fed, bad records skipped, lines split
+    to fit the sentence limit, blank or non-string text fields left out."""
 
     records: int = 0
     sentences: int = 0
     skipped: int = 0
+    split_paragraphs: int = 0
+    skipped_texts: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,10 +98,21 @@ class TokenizerTrainingSummary:
     sentences: int
     skipped: int
     seconds: float
+    split_paragraphs: int = 0
+    """Lines longer than ``max_sentence_length`` bytes, split into fitting pieces (none dropped)."""
+    skipped_texts: int = 0
+    """Text fields that were present but blank or not strings (nothing to train on)."""
 
 
-def record_texts(record: dict[str, Any], keys: list[str] | None = None) -> list[str]:
-    """The texts of one record: the named string fields, or every known field if ``keys`` is None.
+def record_texts(
+    record: dict[str, Any],
+    keys: list[str] | None = None,
+    field_map: dict[str, str] | None = None,
+    counts: TrainingCounts | None = None,
+) -> list[str]:
+    """The texts of one record: the named string fields, or every text field of every known
+    schema if ``keys`` is None (blank and non-string ones are counted in
+    ``counts.skipped_texts``).
 
     Raises:
         RecordError: a named key is missing/not a string, or no text is found at all.
@@ -103,23 +124,33 @@ def record_texts(record: dict[str, Any], keys: list[str] | None = None) -> list[
                 raise RecordError(f"missing key {k!r}")
             out.append(check_string(record[k], k))
         return out
-    out = [v for k in AUTO_KEYS if isinstance(v := record.get(k), str) and v.strip()]
-    conv = record.get("conversations")
-    if isinstance(conv, list):
-        out += [t["value"] for t in conv if isinstance(t, dict) and isinstance(t.get("value"), str)]
+    values = schema_values(record, field_map)
+    out = [v for v in values if isinstance(v, str) and v.strip()]
     if not out:
-        raise RecordError(f"no text field found (looked for {', '.join(AUTO_KEYS)}, conversations)")
+        raise RecordError(
+            "no text field found (looked for text, zh, en, Alpaca, pCLUE input/target, messages, "
+            "conversations, conversation)"
+        )
+    if counts is not None:
+        counts.skipped_texts += len(values) - len(out)
     for i, t in enumerate(out):
         check_string(t, f"text #{i}")
     return out
 
 
 def iter_sentences(
-    paths: list[str], keys: list[str] | None, skip_bad: bool, counts: TrainingCounts
+    paths: list[str],
+    keys: list[str] | None,
+    skip_bad: bool,
+    counts: TrainingCounts,
+    field_map: dict[str, str] | None = None,
+    max_sentence_length: int = 16384,
 ) -> Iterator[str]:
     """Every non-blank line of text of every record, counting into ``counts``.
 
-    Sentencepiece trains on newline-free sentences, hence the split into lines.
+    Sentencepiece trains on newline-free sentences, hence the split into lines; a line longer
+    than ``max_sentence_length`` bytes is split further (:func:`chatflow.text_split.split_to_limit`)
+    rather than left for sentencepiece to drop.
 
     Raises:
         JsonlError: a bad record (``file:line``), unless ``skip_bad``.
@@ -127,7 +158,7 @@ def iter_sentences(
     for path in paths:
         for n, raw in iter_lines(path):
             try:
-                texts = record_texts(parse_line(raw), keys)
+                texts = record_texts(parse_line(raw), keys, field_map, counts)
             except RecordError as e:
                 if not skip_bad:
                     raise JsonlError(path, n, str(e)) from None
@@ -137,9 +168,13 @@ def iter_sentences(
             counts.records += 1
             for t in texts:
                 for line in t.splitlines():
-                    if line.strip():
-                        counts.sentences += 1
-                        yield line
+                    if not line.strip():
+                        continue
+                    pieces = split_to_limit(line, max_sentence_length)
+                    if len(pieces) > 1 or pieces[0] is not line:  # [line] itself: it fits
+                        counts.split_paragraphs += 1
+                    counts.sentences += len(pieces)
+                    yield from pieces
 
 
 def train_tokenizer(config: TokenizerTrainingConfig) -> TokenizerTrainingSummary:
@@ -159,7 +194,14 @@ def train_tokenizer(config: TokenizerTrainingConfig) -> TokenizerTrainingSummary
     spm.set_random_generator_seed(config.seed)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter_sentences(config.inputs, config.keys, config.skip_bad, counts),
+        sentence_iterator=iter_sentences(
+            config.inputs,
+            config.keys,
+            config.skip_bad,
+            counts,
+            config.field_map,
+            config.max_sentence_length,
+        ),
         model_writer=model,
         model_type="bpe",
         vocab_size=config.vocab_size,
@@ -196,6 +238,8 @@ def train_tokenizer(config: TokenizerTrainingConfig) -> TokenizerTrainingSummary
         sentences=counts.sentences,
         skipped=counts.skipped,
         seconds=time.time() - t0,
+        split_paragraphs=counts.split_paragraphs,
+        skipped_texts=counts.skipped_texts,
     )
 
 

@@ -157,8 +157,10 @@ def test_alpaca_mask(demo_tokenizer):
         ({"prompt": "hi"}, "expected 'instruction'"),
         ({"conversations": []}, "non-empty list"),
         ({"conversations": "hi"}, "non-empty list"),
-        ({"conversations": [{"from": "gpt", "value": "x"}]}, "expected a 'human' turn"),
-        ({"conversations": [{"from": "human", "value": "x"}]}, "ends with a human turn"),
+        # Issue 8's repair policy drops a leading gpt / trailing human turn instead of rejecting
+        # the chat; a chat that is nothing but such a turn still has no response to train on.
+        ({"conversations": [{"from": "gpt", "value": "x"}]}, "no trainable.*leading gpt turn"),
+        ({"conversations": [{"from": "human", "value": "x"}]}, "no trainable.*trailing human"),
         (
             {"conversations": [{"from": "human", "value": "x"}, {"from": "bot", "value": "y"}]},
             "got 'bot'",

@@ -9,8 +9,10 @@ Formats (``--format``):
 - ``parallel``: ``{"zh": ..., "en": ...}`` (``--json-keys ZH EN`` renames the keys), rendered in
   one of two translation directions chosen by a hash of (seed, input index, line); shard
   ``<output-prefix>_parallel_document``.
-- ``instruction``: Alpaca ``{"instruction","input","output"}`` or chat ``{"conversations": [...]}``,
-  rendered with the ChatFlow template; shard ``<output-prefix>_instruction_document`` plus its
+- ``instruction``: Alpaca (with LLaMA-Factory's ``system``/``history``), ShareGPT
+  ``conversations``, OpenAI/HF ``messages`` or Firefly ``conversation`` records (``--chat-schema``,
+  ``--field-map``, ``--role-map``; imperfect chats are repaired, ``--chat-repair``), rendered with
+  the ChatFlow template; shard ``<output-prefix>_instruction_document`` plus its
   loss-mask shard ``<output-prefix>_instruction_document_loss_mask`` (uint8, same lengths).
 
 Output is byte-identical for any ``--workers``. Bad lines stop the run with ``file:line: reason``,
@@ -32,6 +34,7 @@ import time
 
 from tqdm import tqdm
 
+from chatflow.data.chat_schemas import SCHEMAS, ChatSchemaConfig, RepairPolicy, parse_map
 from chatflow.data.jsonl_reader import DEFAULT_BLOCK_BYTES, JsonlError
 from chatflow.data.preprocess import PreprocessConfig
 from chatflow.data.preprocess_run import PreprocessJob, PreprocessSummary, preprocess
@@ -120,6 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="joins Alpaca instruction and input",
     )
     g.add_argument("--system-template", default=i.system, help="leading system turn")
+    g = p.add_argument_group("instruction and chat schemas (see docs/data.md)")
+    g.add_argument(
+        "--chat-schema",
+        choices=SCHEMAS,
+        default="auto",
+        help="record schema (auto: messages, conversations, conversation, then Alpaca)",
+    )
+    g.add_argument(
+        "--field-map",
+        default=None,
+        help="rename top-level fields first, e.g. input=instruction,target=output",
+    )
+    g.add_argument(
+        "--role-map", default=None, help="extra role names, e.g. bot=assistant,asker=user"
+    )
+    g.add_argument(
+        "--chat-repair",
+        choices=("repair", "strict"),
+        default="repair",
+        help="repair imperfect chats (drop empty/leading-assistant/trailing-user turns, merge "
+        "same-role neighbours) or reject them",
+    )
     g = p.add_argument_group("runtime")
     g.add_argument(
         "--workers", type=int, default=1, help="encoding processes (0: encode in the main process)"
@@ -164,6 +189,12 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
             prompt=_unescape(args.instruction_template),
             alpaca_input=_unescape(args.instruction_input_template),
             system=_unescape(args.system_template),
+        ),
+        chat=ChatSchemaConfig(
+            schema=args.chat_schema,
+            field_map=parse_map(args.field_map, "--field-map"),
+            role_map=parse_map(args.role_map, "--role-map"),
+            repair=RepairPolicy.named(args.chat_repair),
         ),
     )
 
@@ -267,6 +298,15 @@ def format_summary(s: PreprocessSummary) -> str:
         "the rest of that file is lost"
         for d in s.damaged_files
     ]
+    if s.repairs:
+        kinds = ", ".join(f"{n:,} {k}" for k, n in s.repairs.items())
+        lines.append(f"repairs:   {s.repaired_records:,} record(s) repaired and kept ({kinds})")
+    for u in s.unused_fields:
+        where = next(f"{k} {v}" for k, v in u.items() if k not in ("field", "file", "count"))
+        lines.append(
+            f"unused:    field {u['field']!r} in {u['count']:,} record(s), first {u['file']} "
+            f"{where}"
+        )
     lines += [f"output:    {p}.bin/.idx" for p in s.outputs]
     return "\n".join(lines)
 

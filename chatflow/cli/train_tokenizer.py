@@ -5,10 +5,12 @@ The model matches LLaMA2's tokenizer settings (see :mod:`chatflow.tokenizer_trai
 the training): BPE, byte fallback, digits split, identity normalization, UNK=0 / BOS=1 / EOS=2
 and no pad piece. Training is deterministic for a given input, seed and thread count.
 
-Text is taken from every known layout of ChatFlow's corpora: ``text`` (monolingual), ``zh``/``en``
-(parallel), ``instruction``/``input``/``output`` (Alpaca) and ``conversations[*].value`` (chat);
-``--json-keys`` restricts it to named string fields. Bad lines stop the run with ``file:line``
-unless ``--on-error skip``.
+Text is taken from every text field of every known layout: ``text`` (monolingual), ``zh``/``en``
+(parallel), Alpaca (with ``system``/``history``), pCLUE / Firefly ``input``/``target``,
+``messages``, ShareGPT ``conversations`` (and ``system``), Firefly ``conversation``
+(``--field-map`` renames fields first); ``--json-keys`` restricts it to named string fields. Lines
+over sentencepiece's sentence limit are split at sentence or character boundaries, never dropped.
+Bad lines stop the run with ``file:line`` unless ``--on-error skip``.
 
 Example::
 
@@ -22,6 +24,7 @@ import argparse
 import logging
 import sys
 
+from chatflow.data.chat_schemas import parse_map
 from chatflow.data.jsonl_reader import JsonlError, expand_inputs
 from chatflow.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
 
@@ -52,6 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="sample this many sentences (0: all) for very large corpora",
     )
+    parser.add_argument(
+        "--field-map",
+        default=None,
+        help="rename top-level fields before reading, e.g. query=instruction,answer=output",
+    )
+    parser.add_argument(
+        "--max-sentence-length",
+        type=int,
+        default=16384,
+        help="sentencepiece's sentence limit in bytes; longer lines are split to fit",
+    )
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail")
     return parser.parse_args(argv)
 
@@ -71,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             num_threads=args.threads,
             skip_bad=args.on_error == "skip",
             input_sentence_size=args.input_sentence_size,
+            max_sentence_length=args.max_sentence_length,
+            field_map=parse_map(args.field_map, "--field-map") or None,
         )
         summary = train_tokenizer(config)
     except (JsonlError, ValueError, FileNotFoundError) as e:
@@ -82,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"trained {summary.output}: vocab {summary.vocab_size}, {summary.records} records, "
         f"{summary.sentences} sentences, {summary.skipped} skipped, {summary.seconds:.1f}s"
+    )
+    print(
+        f"long paragraphs split to fit {args.max_sentence_length} bytes: "
+        f"{summary.split_paragraphs}; blank or non-string text fields skipped: "
+        f"{summary.skipped_texts}"
     )
     return 0
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from chatflow.data.chat_audit import ChatBlockAudit
+from chatflow.data.chat_schemas import ChatSchemaConfig, parse_record
 from chatflow.data.indexed_dataset import token_dtype
 from chatflow.data.jsonl_reader import RecordError, get_text, parse_line, split_block
 from chatflow.data.templates import (
@@ -51,6 +53,8 @@ class PreprocessConfig:
     """Parallel template (its keys are the zh/en JSON keys)."""
     instruction: InstructionTemplate = field(default_factory=InstructionTemplate)
     """Instruction template."""
+    chat: ChatSchemaConfig = field(default_factory=ChatSchemaConfig)
+    """Instruction format: how records are read as chats (schema, maps, repair policy)."""
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -96,6 +100,8 @@ class BlockResult:
     """Records read (valid or not)."""
     num_bytes: int
     """Input bytes of the block."""
+    chat: ChatBlockAudit | None = None
+    """Instruction format: repaired records and unused fields of the block."""
 
 
 class BlockEncoder:
@@ -118,6 +124,7 @@ class BlockEncoder:
         texts: list[list[str]] = [[] for _ in cfg.output_names]  # text/parallel
         instr: list[list[tuple[str, bool]]] = []
         n_records = 0
+        chat = ChatBlockAudit() if cfg.format == "instruction" else None
         for line, raw in split_block(first_line, blob):
             n_records += 1
             try:
@@ -129,12 +136,14 @@ class BlockEncoder:
                 elif cfg.format == "parallel":
                     texts[0].append(cfg.parallel.render(record, cfg.seed, source, line))
                 else:
-                    instr.append(cfg.instruction.segments(record))
+                    parsed = parse_record(record, cfg.chat)
+                    instr.append(cfg.instruction.render(parsed.conversation))
+                    chat.add(line, parsed, raw)
             except RecordError as e:
                 rejects.append((line, str(e), raw))
         if cfg.format == "instruction":
             tokens, lengths, mask = self._encode_instructions(instr)
-            return BlockResult([tokens], [lengths], mask, rejects, n_records, len(blob))
+            return BlockResult([tokens], [lengths], mask, rejects, n_records, len(blob), chat)
         tokens_out, lengths_out = [], []
         for group in texts:
             ids = self.tokenizer.encode_batch(group, bos=True, eos=cfg.append_eod)

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from chatflow.data.chat_audit import ChatRunAudit, repaired_entry
 from chatflow.data.indexed_dataset import IndexedDatasetWriter, idx_path
 from chatflow.data.input_source import DamagedInputError
 from chatflow.data.jsonl_reader import DEFAULT_BLOCK_BYTES, JsonlError
@@ -114,6 +115,14 @@ class PreprocessSummary:
     damaged_files: list[dict] = field(default_factory=list)
     """Skip mode: inputs that end in damage, each ``{"file", "offset", "unit", "last_good",
     "lost", "error"}`` (``lost``: records lost, None when unknown)."""
+    repairs: dict[str, int] = field(default_factory=dict)
+    """Instruction format: chat repairs applied, per kind (records kept, see
+    :mod:`chatflow.data.chat_schemas`)."""
+    repaired_records: int = 0
+    """Instruction format: records with at least one repair (kept, not skipped)."""
+    unused_fields: list[dict] = field(default_factory=list)
+    """Instruction format: fields present but not read by the schema, each ``{"field", "file",
+    "line" (or "element"/"row"), "count"}`` with its first occurrence."""
 
 
 class Progress(Protocol):
@@ -160,16 +169,17 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
         units: list[str] = []  # per input: what its locators count
         damages: list[tuple[int, DamagedInputError]] = []  # (tasks before it, damage)
         tasks = _tasks(inputs, job, reading, units, damages)
+        chat = ChatRunAudit()
         for n, (source, res) in enumerate(_results(tasks, tokenizer, cfg, job.workers)):
             _take_damages(damages, n, skip, summary, rejects_file)
             if res.rejects:
                 if not skip:
                     line, reason, _ = res.rejects[0]
                     raise JsonlError(inputs[source], line, reason, units[source])
-                for line, reason, raw in res.rejects:
-                    rejects_file.write(
-                        _reject_line(inputs[source], line, reason, raw, units[source])
-                    )
+            if skip:
+                rejects_file.writelines(_block_entries(inputs[source], units[source], res))
+            if res.chat is not None:
+                chat.take(inputs[source], units[source], res.chat)
             for w, tokens, lengths in zip(writers, res.tokens, res.lengths, strict=True):
                 _write_documents(w, tokens, lengths)
             if mask_writer is not None:
@@ -184,6 +194,9 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
             if progress is not None:
                 progress.update(ndocs, ntok, res.num_bytes)
         _take_damages(damages, None, skip, summary, rejects_file)
+        summary.repairs = dict(sorted(chat.repairs.items()))
+        summary.repaired_records = chat.repaired_records
+        summary.unused_fields = chat.report()
         _publish(prefixes, writers, mask_writer)
         if rejects_file is not None:
             rejects_file.close()
@@ -319,6 +332,18 @@ def _results(
         while pending:
             source, res = pending.popleft()
             yield source, res.get()
+
+
+def _block_entries(path: str, unit: str, res: BlockResult) -> list[str]:
+    """Rejects-file lines of a block: rejected and repaired records, in input order."""
+    entries = [
+        (line, _reject_line(path, line, reason, raw, unit)) for line, reason, raw in res.rejects
+    ]
+    if res.chat is not None:
+        entries += [(line, repaired_entry(path, unit, line, kinds, details, raw))
+                    for line, kinds, details, raw in res.chat.repaired]  # fmt: skip
+        entries.sort(key=lambda e: e[0])  # stable: a line is either rejected or repaired
+    return [e for _, e in entries]
 
 
 def _reject_line(path: str, line: int, reason: str, raw: bytes, unit: str = "line") -> str:

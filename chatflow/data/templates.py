@@ -5,11 +5,11 @@ translation directions. The direction is drawn from a hash of ``(seed, source in
 rather than from a running RNG, so it depends only on the record's position in the input, never on
 how the input was split among worker processes.
 
-Instruction records are rendered with the ChatFlow template of the paper's released models,
-``### Instruction:{prompt} ### Response:{answer}`` (configurable), into token ids plus a loss mask
-(1 = train on this token). Alpaca records ``{"instruction", "input", "output"}`` have one turn;
-chat records ``{"conversations": [{"from": "system|human|gpt", "value": ...}]}`` have many. Token
-layout, with ``[...]`` the mask value::
+Instruction records are read into a normalized conversation by :mod:`chatflow.data.chat_schemas`
+(Alpaca, ShareGPT, ``messages``, Firefly; repairs of imperfect chats) and rendered here with the
+ChatFlow template of the paper's released models, ``### Instruction:{prompt} ### Response:{answer}``
+(configurable), into token ids plus a loss mask (1 = train on this token). Token layout, with
+``[...]`` the mask value::
 
     BOS[0] system[0] prompt_1[0] response_1 EOS[1] prompt_2[0] response_2 EOS[1] ...
 
@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from chatflow.data.jsonl_reader import RecordError, check_string, get_text
+from chatflow.data.chat_schemas import ASSISTANT, ChatSchemaConfig, Conversation, parse_record
+from chatflow.data.jsonl_reader import get_text
 
 ZH_TO_EN = "zh-en"
 EN_TO_ZH = "en-zh"
@@ -134,56 +135,34 @@ class InstructionTemplate:
         )
         _check_template(self.system, "system", ("system",), ("system",))
 
-    def segments(self, record: dict[str, Any]) -> list[tuple[str, bool]]:
+    def segments(
+        self, record: dict[str, Any], chat: ChatSchemaConfig | None = None
+    ) -> list[tuple[str, bool]]:
         """``(text, trained)`` segments of one record; each trained segment is followed by EOS.
 
-        Raises:
-            RecordError: the record is neither a valid Alpaca nor a valid chat record.
-        """
-        if "conversations" in record:
-            return self._chat_segments(record["conversations"])
-        if "instruction" in record or "output" in record:
-            instruction = get_text(record, "instruction")
-            output = get_text(record, "output")
-            extra = record.get("input", "")
-            if not isinstance(extra, str):
-                raise RecordError(f"field 'input' must be a string, got {type(extra).__name__}")
-            if extra.strip():
-                instruction = self.alpaca_input.format(instruction=instruction, input=extra)
-            return [(self.prompt.format(instruction=instruction), False), (output, True)]
-        raise RecordError("expected 'instruction'/'output' (Alpaca) or 'conversations' (chat)")
+        The record is read by :func:`chatflow.data.chat_schemas.parse_record` (``chat``: schema,
+        maps and repair policy; default: auto-detected, repairs on) and rendered by
+        :meth:`render`.
 
-    def _chat_segments(self, turns: Any) -> list[tuple[str, bool]]:
-        if not isinstance(turns, list) or not turns:
-            raise RecordError("field 'conversations' must be a non-empty list")
+        Raises:
+            RecordError: the record is not a valid instruction or chat record.
+        """
+        return self.render(parse_record(record, chat).conversation)
+
+    def render(self, conversation: Conversation) -> list[tuple[str, bool]]:
+        """``(text, trained)`` segments of a normalized conversation: the system text (if any),
+        then per turn the prompt (user, not trained) or the response (assistant, trained)."""
         out: list[tuple[str, bool]] = []
-        expect = "human"
-        for i, turn in enumerate(turns):
-            where = f"conversations[{i}]"
-            if not isinstance(turn, dict):
-                raise RecordError(f"{where} must be an object")
-            role = turn.get("from")
-            value = check_string(turn.get("value"), f"{where}.value")
-            if role == "system" and i == 0:
-                out.append((self.system.format(system=value), False))
-            elif role in ("human", "gpt"):
-                if role != expect:
-                    raise RecordError(
-                        f"{where}: expected a {expect!r} turn, got {role!r} "
-                        "(turns must alternate human, gpt)"
-                    )
-                if role == "human":
-                    out.append((self.prompt.format(instruction=value), False))
-                else:
-                    out.append((value, True))
-                expect = "gpt" if role == "human" else "human"
-            else:
-                raise RecordError(
-                    f"{where}.from must be 'human' or 'gpt' (or 'system' as the "
-                    f"first turn), got {role!r}"
-                )
-        if expect != "human":
-            raise RecordError("conversation ends with a human turn that has no gpt response")
+        if conversation.system is not None:
+            out.append((self.system.format(system=conversation.system), False))
+        for turn in conversation.turns:
+            if turn.role == ASSISTANT:
+                out.append((turn.text, True))
+                continue
+            text = turn.text
+            if turn.context is not None:
+                text = self.alpaca_input.format(instruction=text, input=turn.context)
+            out.append((self.prompt.format(instruction=text), False))
         return out
 
 
