@@ -79,3 +79,18 @@ def call_tool(name: str, *args, capsys) -> tuple[int, str, str]:
     code = load_tool(name).main([str(a) for a in args])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def encode_segments_oracle(model_path: str, texts: list[str]) -> list[list[int]]:
+    """Reference ids of a record's segments, from sentencepiece directly: the first segment as
+    the start of a document (dummy prefix), each later one as its continuation (the same model
+    with ``add_dummy_prefix`` off), as the instruction template's text is one string."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    with open(model_path, "rb") as f:
+        proto = sentencepiece_model_pb2.ModelProto.FromString(f.read())
+    start = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    proto.normalizer_spec.add_dummy_prefix = False
+    cont = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    return [(start if i == 0 else cont).encode(t) for i, t in enumerate(texts)]

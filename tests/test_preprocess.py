@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 import sentencepiece as spm
-from conftest import ROOT, load_tool
+from conftest import ROOT, encode_segments_oracle, load_tool
 from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronIndexedDataset
 
 from chatflow.data.indexed_dataset import IndexedDataset, IndexedDatasetError, IndexedDatasetWriter
@@ -145,10 +145,13 @@ def test_instruction_format_and_mask(
     assert len(tokens) == len(records)
     tpl = InstructionTemplate()
     for i, rec in enumerate(records):
-        # Oracle: each segment encoded alone; prompt tokens 0, response tokens and their EOS 1.
+        # Oracle: the segments as one text, split at their boundaries; prompt tokens 0, response
+        # tokens and their EOS 1.
         exp_ids, exp_mask = [1], [0]
-        for text, trained in tpl.segments(rec):
-            ids = demo_tokenizer.encode(text, eos=trained)
+        segs = tpl.segments(rec)
+        encoded = encode_segments_oracle(demo_tokenizer.model_path, [t for t, _ in segs])
+        for (_, trained), ids in zip(segs, encoded, strict=True):
+            ids = ids + [2] if trained else ids
             exp_ids += ids
             exp_mask += [int(trained)] * len(ids)
         assert tokens[i].tolist() == exp_ids, i

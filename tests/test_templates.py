@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import encode_segments_oracle
 
 from chatflow.data.jsonl_reader import RecordError
 from chatflow.data.templates import (
@@ -103,8 +104,8 @@ def test_alpaca_segments():
 def _oracle(tok, segments):
     """Independent reference: token by token, BOS, prompts masked 0, responses + EOS masked 1."""
     ids, mask = [tok.bos_id], [0]
-    for text, trained in segments:
-        piece = tok.encode(text)
+    encoded = encode_segments_oracle(tok.model_path, [text for text, _ in segments])
+    for (_, trained), piece in zip(segments, encoded, strict=True):
         ids += piece
         mask += [int(trained)] * len(piece)
         if trained:

@@ -24,6 +24,7 @@ from chatflow.data.chat_audit import ChatBlockAudit
 from chatflow.data.chat_schemas import ChatSchemaConfig, parse_record
 from chatflow.data.indexed_dataset import token_dtype
 from chatflow.data.jsonl_reader import RecordError, get_text, parse_line, split_block
+from chatflow.data.segment_encoding import encode_segments
 from chatflow.data.templates import (
     InstructionTemplate,
     ParallelTemplate,
@@ -158,18 +159,12 @@ class BlockEncoder:
     def _encode_instructions(
         self, records: list[list[tuple[str, bool]]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        flat = [text for segs in records for text, _ in segs]
-        ids = self.tokenizer.encode_batch(flat)
+        ids = encode_segments(self.tokenizer, [[text for text, _ in segs] for segs in records])
         tokens, masks, lengths = [], [], np.empty(len(records), np.int32)
-        pos = 0
         for i, segs in enumerate(records):
             t, m = assemble(
-                ids[pos : pos + len(segs)],
-                [tr for _, tr in segs],
-                self.tokenizer.bos_id,
-                self.tokenizer.eos_id,
+                ids[i], [tr for _, tr in segs], self.tokenizer.bos_id, self.tokenizer.eos_id
             )
-            pos += len(segs)
             tokens.append(t)
             masks.append(m)
             lengths[i] = len(t)

@@ -13,9 +13,9 @@ ChatFlow template of the paper's released models, ``### Instruction:{prompt} ###
 
     BOS[0] system[0] prompt_1[0] response_1 EOS[1] prompt_2[0] response_2 EOS[1] ...
 
-Every segment is encoded separately and the ids concatenated, so mask boundaries fall exactly on
-segment boundaries (encoding the joined string could merge a piece across a prompt/response
-boundary). This matches how LLaMA2's chat format is tokenized.
+Segments are encoded by :func:`chatflow.data.segment_encoding.encode_segments`: the tokens are
+those of the whole rendered string (no stray ``▁`` at the start of a response), split exactly at
+segment boundaries, so mask boundaries fall between prompt and response.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 
 from chatflow.data.chat_schemas import ASSISTANT, ChatSchemaConfig, Conversation, parse_record
 from chatflow.data.jsonl_reader import get_text
+from chatflow.data.segment_encoding import encode_segments
 
 ZH_TO_EN = "zh-en"
 EN_TO_ZH = "en-zh"
@@ -198,5 +199,5 @@ def render_instruction(
         template: the template.
     """
     segs = template.segments(record)
-    ids = tokenizer.encode_batch([s for s, _ in segs])
+    ids = encode_segments(tokenizer, [[s for s, _ in segs]])[0]
     return assemble(ids, [t for _, t in segs], tokenizer.bos_id, tokenizer.eos_id)
