@@ -16,7 +16,6 @@ import base64
 import collections
 import json
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -42,6 +41,7 @@ from chatflow.data.readers import (
     needed_fields,
     open_reader,
 )
+from chatflow.data.worker_pool import OrderedPool
 from chatflow.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -156,11 +156,13 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
     all_writers = writers + ([mask_writer] if mask_writer else [])
     rejects_tmp = f"{job.rejects_path}.tmp{os.getpid()}"
     rejects_file = open(rejects_tmp, "w", encoding="utf-8") if skip else None
+    results = None
     try:
         units: list[str] = []  # per input: what its locators count
         damages: list[tuple[int, DamagedInputError]] = []  # (tasks before it, damage)
         tasks = _tasks(inputs, job, reading, units, damages)
-        for n, (source, res) in enumerate(_results(tasks, tokenizer, cfg, job.workers)):
+        results = _results(tasks, tokenizer, cfg, job.workers)
+        for n, (source, res) in enumerate(results):
             _take_damages(damages, n, skip, summary, rejects_file)
             if res.rejects:
                 if not skip:
@@ -189,6 +191,8 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
             rejects_file.close()
             os.replace(rejects_tmp, job.rejects_path)
     except BaseException:
+        if results is not None:
+            results.close()  # stops the workers now, not when the traceback is freed
         for w in all_writers:
             w.abort()
         if rejects_file is not None:
@@ -301,24 +305,24 @@ def _results(
 ) -> Iterator[tuple[int, BlockResult]]:
     """``(source, result)`` in task order, at most ``2 * workers`` blocks in flight.
 
-    ``Pool.imap`` would read ahead without limit; submitting by hand bounds memory.
+    ``Pool.imap`` would read ahead without limit; :class:`OrderedPool` bounds it.
     """
     if workers == 0:
         encoder = BlockEncoder(tokenizer, cfg)
         for t in tasks:
             yield t[0], encoder.encode(*t)
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=init_worker, initargs=(tokenizer, cfg)) as pool:
-        pending: collections.deque = collections.deque()
+    # Not multiprocessing.Pool: its shutdown can hang (see chatflow.data.worker_pool).
+    sources: collections.deque[int] = collections.deque()  # of tasks sent, in order
+
+    def sent(tasks: Iterable[tuple[int, int, bytes]]) -> Iterator[tuple[int, int, bytes]]:
         for t in tasks:
-            pending.append((t[0], pool.apply_async(encode_block, (t,))))
-            if len(pending) >= 2 * workers:
-                source, res = pending.popleft()
-                yield source, res.get()
-        while pending:
-            source, res = pending.popleft()
-            yield source, res.get()
+            sources.append(t[0])
+            yield t
+
+    with OrderedPool(workers, init_worker, (tokenizer, cfg), encode_block) as pool:
+        for res in pool.imap(sent(tasks)):
+            yield sources.popleft(), res
 
 
 def _reject_line(path: str, line: int, reason: str, raw: bytes, unit: str = "line") -> str:
