@@ -102,6 +102,11 @@ def split_block(first_line: int, blob: bytes) -> Iterator[tuple[int, bytes]]:
             yield first_line + i, line
 
 
+def oversized_reason(size: int, limit: int) -> str:
+    """The rejection reason of a record of ``size`` bytes over ``--max-document-bytes``."""
+    return f"record of {size:,} bytes is larger than --max-document-bytes {limit:,}"
+
+
 def _reject_constant(name: str) -> Any:
     # NaN/Infinity are not JSON (RFC 8259) and no text field can hold them; rejecting them keeps
     # records portable to strict readers.

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from chatflow.data.indexed_dataset import token_dtype
-from chatflow.data.jsonl_reader import RecordError, get_text, parse_line, split_block
+from chatflow.data.jsonl_reader import (
+    RecordError,
+    get_text,
+    oversized_reason,
+    parse_line,
+    split_block,
+)
 from chatflow.data.templates import (
     InstructionTemplate,
     ParallelTemplate,
@@ -34,6 +40,10 @@ if TYPE_CHECKING:
 
 FORMATS = ("text", "parallel", "instruction")
 
+#: Records (raw lines) larger than this are rejected: far beyond any real document, and a bound on
+#: what one record may cost in memory.
+DEFAULT_MAX_DOCUMENT_BYTES = 64 << 20
+
 
 @dataclass
 class PreprocessConfig:
@@ -45,6 +55,12 @@ class PreprocessConfig:
     """Text format: the keys to tokenize, one output shard each."""
     append_eod: bool = False
     """Text and parallel formats: end every document with EOS (instruction responses always do)."""
+    bos: bool = True
+    """Start every document with BOS (LLaMA2's convention); False matches Megatron-LM's current
+    tokenizer wrapper, which encodes without BOS (instruction format: no BOS before the first
+    turn; the loss mask loses that position too)."""
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    """Records (raw lines) larger than this are rejected."""
     seed: int = 1234
     """Seed of the parallel-direction choice."""
     parallel: ParallelTemplate = field(default_factory=ParallelTemplate)
@@ -56,6 +72,8 @@ class PreprocessConfig:
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         self.json_keys = tuple(self.json_keys)
+        if self.max_document_bytes < 1:
+            raise ValueError(f"max_document_bytes must be >= 1, got {self.max_document_bytes}")
         if self.format == "text":
             if not self.json_keys:
                 raise ValueError("text format needs at least one JSON key")
@@ -121,6 +139,8 @@ class BlockEncoder:
         for line, raw in split_block(first_line, blob):
             n_records += 1
             try:
+                if len(raw) > cfg.max_document_bytes:
+                    raise RecordError(oversized_reason(len(raw), cfg.max_document_bytes))
                 record = parse_line(raw)
                 if cfg.format == "text":
                     values = [get_text(record, k) for k in cfg.json_keys]
@@ -137,7 +157,7 @@ class BlockEncoder:
             return BlockResult([tokens], [lengths], mask, rejects, n_records, len(blob))
         tokens_out, lengths_out = [], []
         for group in texts:
-            ids = self.tokenizer.encode_batch(group, bos=True, eos=cfg.append_eod)
+            ids = self.tokenizer.encode_batch(group, bos=cfg.bos, eos=cfg.append_eod)
             tokens_out.append(self._flatten(ids))
             lengths_out.append(np.fromiter(map(len, ids), np.int32, len(ids)))
         return BlockResult(tokens_out, lengths_out, None, rejects, n_records, len(blob))
@@ -161,6 +181,8 @@ class BlockEncoder:
                 self.tokenizer.eos_id,
             )
             pos += len(segs)
+            if not self.config.bos:  # assemble() always starts with BOS (mask 0)
+                t, m = t[1:], m[1:]
             tokens.append(t)
             masks.append(m)
             lengths[i] = len(t)

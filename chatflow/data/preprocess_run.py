@@ -27,6 +27,12 @@ import numpy as np
 from chatflow.data.indexed_dataset import IndexedDatasetWriter, idx_path
 from chatflow.data.input_source import DamagedInputError
 from chatflow.data.jsonl_reader import DEFAULT_BLOCK_BYTES, JsonlError
+from chatflow.data.output_guard import (
+    RejectLimitError,
+    check_outputs_not_inputs,
+    shard_files,
+    skip_mode_refusal,
+)
 from chatflow.data.preprocess import (
     BlockEncoder,
     BlockResult,
@@ -41,6 +47,7 @@ from chatflow.data.readers import (
     needed_fields,
     open_reader,
 )
+from chatflow.data.shard_meta import meta_path, sidecars
 from chatflow.data.worker_pool import OrderedPool
 from chatflow.tokenizer import Tokenizer
 
@@ -74,6 +81,8 @@ class PreprocessJob:
     """Plain-text inputs: ``line``, ``blank-line`` or ``file`` documents."""
     aligned_inputs: list[str] = field(default_factory=list)
     """Parallel format: the second file aligned with each input (same count, same order)."""
+    max_reject_fraction: float = 0.5
+    """Skip mode: fail (publishing nothing) when more than this share of records is rejected."""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -82,6 +91,10 @@ class PreprocessJob:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.block_bytes < 1:
             raise ValueError(f"block_bytes must be >= 1, got {self.block_bytes}")
+        if not 0.0 <= self.max_reject_fraction <= 1.0:
+            raise ValueError(
+                f"max_reject_fraction must be in [0, 1], got {self.max_reject_fraction}"
+            )
 
     @property
     def rejects_path(self) -> str:
@@ -132,6 +145,9 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
     Raises:
         JsonlError: a bad line in fail mode (nothing is published then).
         FileNotFoundError: an input pattern matches no file.
+        OutputOverlapError: an output file is an input (checked before anything is written).
+        RejectLimitError: skip mode wrote no document or rejected more than
+            ``max_reject_fraction``; nothing is published but the rejects file.
     """
     t0 = time.time()
     cfg = job.encoding
@@ -141,6 +157,12 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
     prefixes = cfg.output_prefixes(job.output_prefix)
     mask_prefix = cfg.mask_prefix(job.output_prefix)
     skip = job.on_error == "skip"
+    all_prefixes = prefixes + ([mask_prefix] if mask_prefix else [])
+    check_outputs_not_inputs(
+        [f for p in all_prefixes for f in shard_files(p)] + [job.rejects_path],
+        inputs + list(job.aligned_inputs),
+        "--output-prefix",
+    )
     summary = PreprocessSummary(
         inputs=inputs,
         outputs=prefixes + ([mask_prefix] if mask_prefix else []),
@@ -157,7 +179,9 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
     rejects_tmp = f"{job.rejects_path}.tmp{os.getpid()}"
     rejects_file = open(rejects_tmp, "w", encoding="utf-8") if skip else None
     results = None
+    metas: dict[str, str] = {}  # prefix -> its temporary sidecar
     try:
+        metas.update(sidecars(tokenizer, cfg, prefixes, mask_prefix))
         units: list[str] = []  # per input: what its locators count
         damages: list[tuple[int, DamagedInputError]] = []  # (tasks before it, damage)
         tasks = _tasks(inputs, job, reading, units, damages)
@@ -186,7 +210,20 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
             if progress is not None:
                 progress.update(ndocs, ntok, res.num_bytes)
         _take_damages(damages, None, skip, summary, rejects_file)
-        _publish(prefixes, writers, mask_writer)
+        refusal = None
+        if skip:
+            refusal = skip_mode_refusal(
+                summary.records, summary.documents, summary.skipped, job.max_reject_fraction
+            )
+        if refusal is not None:
+            # The rejects file is still published: it is what the user needs to inspect.
+            rejects_file.close()
+            os.replace(rejects_tmp, job.rejects_path)
+            rejects_file = None
+            raise RejectLimitError(
+                f"--on-error skip: {refusal}; nothing published, see {job.rejects_path}"
+            )
+        _publish(prefixes, writers, mask_writer, metas)
         if rejects_file is not None:
             rejects_file.close()
             os.replace(rejects_tmp, job.rejects_path)
@@ -195,6 +232,9 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
             results.close()  # stops the workers now, not when the traceback is freed
         for w in all_writers:
             w.abort()
+        for tmp in metas.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         if rejects_file is not None:
             rejects_file.close()
             os.unlink(rejects_tmp)
@@ -211,15 +251,16 @@ def _publish(
     prefixes: list[str],
     writers: list[IndexedDatasetWriter],
     mask_writer: IndexedDatasetWriter | None,
+    metas: dict[str, str],
 ) -> None:
     # First remove the old token indices, so that no moment exists where an old token shard
-    # looks complete beside a new mask; then masks, then tokens (.idx last each).
+    # looks complete beside a new mask; then masks, then tokens (.idx last each). Each sidecar
+    # goes just before its shard, so a complete-looking shard never has a stale sidecar.
     for p in prefixes:
         if os.path.exists(idx_path(p)):
             os.unlink(idx_path(p))
-    if mask_writer is not None:
-        mask_writer.finalize()
-    for w in writers:
+    for w in ([mask_writer] if mask_writer is not None else []) + writers:
+        os.replace(metas[w.prefix], meta_path(w.prefix))
         w.finalize()
 
 
