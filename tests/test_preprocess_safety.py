@@ -13,6 +13,7 @@ import random
 import pytest
 
 from chatflow.data.jsonl_reader import JsonlError, RecordError, parse_line
+from chatflow.data.output_guard import OutputOverlapError, RejectLimitError
 from chatflow.data.preprocess import PreprocessConfig
 from chatflow.data.preprocess_run import PreprocessJob, preprocess
 
@@ -102,3 +103,83 @@ def test_failing_run_with_workers_never_hangs(tmp_path, demo_tokenizer_path):
         assert (e.value.path, e.value.line) == (src, bad + 1)
         assert not glob.glob(str(tmp_path / f"out{rep}*")), "temporary files left"
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+@pytest.mark.unit
+def test_oversized_record_rejected_in_both_modes(tmp_path, demo_tokenizer_path):
+    big = json.dumps({"text": "x" * 5000}).encode()
+    src = _write_lines(tmp_path / "in.jsonl", [_good(0), big, _good(2), _good(3)])
+    enc = PreprocessConfig(max_document_bytes=1000)
+    with pytest.raises(JsonlError) as e:
+        preprocess(_job([src], tmp_path / "f", demo_tokenizer_path, workers=0, encoding=enc))
+    assert e.value.line == 2
+    assert f"record of {len(big):,} bytes is larger than --max-document-bytes 1,000" in str(e.value)
+    job = _job(
+        [src], tmp_path / "s", demo_tokenizer_path, workers=0, encoding=enc, on_error="skip",
+        block_bytes=256,
+    )  # fmt: skip
+    summary = preprocess(job)
+    assert (summary.documents, summary.skipped) == (3, 1)
+    (entry,) = [json.loads(x) for x in open(job.rejects_path, encoding="utf-8")]
+    assert entry["line"] == 2 and "--max-document-bytes" in entry["error"]
+
+
+@pytest.mark.unit
+def test_skip_mode_reject_limits(tmp_path, demo_tokenizer_path):
+    lines = [_good(0), b"{bad", b"{bad", _good(3)]  # half rejected: allowed by default
+    src = _write_lines(tmp_path / "half.jsonl", lines)
+    job = _job([src], tmp_path / "h", demo_tokenizer_path, workers=0, on_error="skip")
+    assert preprocess(job).skipped == 2
+    src = _write_lines(tmp_path / "most.jsonl", [_good(0), b"{bad", b"{bad", b"[1]"])
+    job = _job([src], tmp_path / "m", demo_tokenizer_path, workers=0, on_error="skip")
+    with pytest.raises(RejectLimitError, match=r"3 of 4 records rejected \(75.0%\)"):
+        preprocess(job)
+    # Nothing published but the rejects file, kept for inspection.
+    assert sorted(os.listdir(tmp_path)).count("m.rejects.jsonl") == 1
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("m_") or ".tmp" in f]
+    assert len(open(job.rejects_path).readlines()) == 3
+    job.max_reject_fraction = 1.0
+    assert preprocess(job).documents == 1
+    src = _write_lines(tmp_path / "none.jsonl", [b"{bad"])
+    job = _job([src], tmp_path / "n", demo_tokenizer_path, workers=0, on_error="skip")
+    job.max_reject_fraction = 1.0
+    with pytest.raises(RejectLimitError, match="no document was written"):
+        preprocess(job)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", ["same", "symlink", "hardlink", "rejects", "in-dir"])
+def test_output_that_is_an_input_is_refused(tmp_path, demo_tokenizer_path, case):
+    keep = b"\n".join(_good(i) for i in range(3)) + b"\n"
+    if case == "in-dir":  # an output prefix inside an Arrow dataset directory given as input
+        import pyarrow as pa
+
+        ds = tmp_path / "ds"
+        ds.mkdir()
+        with pa.OSFile(str(ds / "data-00000-of-00001.arrow"), "wb") as f:
+            table = pa.table({"text": ["a b c"]})
+            with pa.ipc.new_stream(f, table.schema) as w:
+                w.write_table(table)
+        (ds / "state.json").write_text(
+            json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]})
+        )
+        inputs, out = [ds], ds / "o"
+    else:
+        victim = tmp_path / {"same": "o_text_document.bin", "symlink": "v.jsonl",
+                             "hardlink": "v.jsonl", "rejects": "o.rejects.jsonl"}[case]  # fmt: skip
+        victim.write_bytes(keep)
+        inputs, out = [victim], tmp_path / "o"
+        if case == "symlink":
+            os.symlink(victim, tmp_path / "o_text_document.idx")
+        if case == "hardlink":
+            os.link(victim, tmp_path / "o_text_document.bin")
+    before = {
+        f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path) if (tmp_path / f).is_file()
+    }
+    job = _job(inputs, out, demo_tokenizer_path, workers=0, on_error="skip")
+    with pytest.raises(OutputOverlapError):
+        preprocess(job)
+    after = {
+        f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path) if (tmp_path / f).is_file()
+    }
+    assert after == before  # nothing written, nothing changed
