@@ -183,3 +183,34 @@ def test_output_that_is_an_input_is_refused(tmp_path, demo_tokenizer_path, case)
         f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path) if (tmp_path / f).is_file()
     }
     assert after == before  # nothing written, nothing changed
+
+
+@pytest.mark.unit
+def test_long_texts_encode_like_whole_texts(
+    tmp_path, demo_tokenizer, demo_tokenizer_path, monkeypatch
+):
+    """Huge documents are encoded piece by piece (memory); the ids equal one whole encode."""
+    import numpy as np
+
+    from chatflow.data import long_text
+    from chatflow.data import preprocess as pre
+
+    rng = random.Random(3)
+    words = ["数据", "模型", " ", "  ", "\t", "the", "x", "é", "e\u0301", "1234", "。", " \n"]
+    texts = ["".join(rng.choice(words) for _ in range(rng.randrange(1, 3000))) for _ in range(40)]
+    for t in texts:
+        whole = demo_tokenizer.encode_batch([t], bos=True, eos=True)[0]
+        got = long_text.encode_long(demo_tokenizer, t, True, True, np.int32, rng.choice([5, 64]))
+        assert got.tolist() == whole
+    assert long_text.cut_points("ab cd  ef", 1) == [2]  # never inside a run of spaces
+    # The encoder's long path (threshold lowered) gives the same shards as the normal path.
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    enc = PreprocessConfig(append_eod=True)
+    preprocess(_job([src], tmp_path / "n", demo_tokenizer_path, workers=0, encoding=enc))
+    monkeypatch.setattr(pre, "LONG_TEXT_CHARS", 100)
+    monkeypatch.setattr(long_text, "LONG_TEXT_CHARS", 100)
+    preprocess(_job([src], tmp_path / "l", demo_tokenizer_path, workers=0, encoding=enc))
+    for ext in (".bin", ".idx"):
+        a = (tmp_path / f"n_text_document{ext}").read_bytes()
+        assert a == (tmp_path / f"l_text_document{ext}").read_bytes()

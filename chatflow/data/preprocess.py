@@ -28,6 +28,7 @@ from chatflow.data.jsonl_reader import (
     parse_line,
     split_block,
 )
+from chatflow.data.long_text import LONG_TEXT_CHARS, encode_long
 from chatflow.data.templates import (
     InstructionTemplate,
     ParallelTemplate,
@@ -157,10 +158,20 @@ class BlockEncoder:
             return BlockResult([tokens], [lengths], mask, rejects, n_records, len(blob))
         tokens_out, lengths_out = [], []
         for group in texts:
+            if any(len(t) > LONG_TEXT_CHARS for t in group):  # rare: see chatflow.data.long_text
+                arrays = [self._encode_one(t) for t in group]
+                tokens_out.append(np.concatenate(arrays) if arrays else np.empty(0, self.dtype))
+                lengths_out.append(np.array([len(a) for a in arrays], np.int32))
+                continue
             ids = self.tokenizer.encode_batch(group, bos=cfg.bos, eos=cfg.append_eod)
             tokens_out.append(self._flatten(ids))
             lengths_out.append(np.fromiter(map(len, ids), np.int32, len(ids)))
         return BlockResult(tokens_out, lengths_out, None, rejects, n_records, len(blob))
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        # One document as an array, never as a (40 bytes a token) Python list when it is long.
+        cfg = self.config
+        return encode_long(self.tokenizer, text, cfg.bos, cfg.append_eod, self.dtype)
 
     def _flatten(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         total = sum(map(len, ids))
@@ -170,7 +181,10 @@ class BlockEncoder:
         self, records: list[list[tuple[str, bool]]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         flat = [text for segs in records for text, _ in segs]
-        ids = self.tokenizer.encode_batch(flat)
+        if any(len(t) > LONG_TEXT_CHARS for t in flat):  # rare: see chatflow.data.long_text
+            ids = [encode_long(self.tokenizer, t, False, False, np.int32) for t in flat]
+        else:
+            ids = self.tokenizer.encode_batch(flat)
         tokens, masks, lengths = [], [], np.empty(len(records), np.int32)
         pos = 0
         for i, segs in enumerate(records):
