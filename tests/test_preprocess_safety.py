@@ -214,3 +214,20 @@ def test_long_texts_encode_like_whole_texts(
     for ext in (".bin", ".idx"):
         a = (tmp_path / f"n_text_document{ext}").read_bytes()
         assert a == (tmp_path / f"l_text_document{ext}").read_bytes()
+
+
+@pytest.mark.unit
+def test_drop_oversized_lines_against_split_oracle():
+    """The reader-side filter equals "replace each too-long line by its marker", for any chunking."""
+    from chatflow.data.oversized import drop_oversized_lines, marker, oversized_size
+
+    rng = random.Random(5)
+    for _ in range(1500):
+        lines = [b"x" * rng.choice([0, 1, 3, 5, 9, 20]) for _ in range(rng.randrange(0, 8))]
+        data = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
+        limit, size = rng.choice([1, 4, 8, 30]), rng.choice([1, 2, 3, 7, 100])
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        got = b"".join(drop_oversized_lines(iter(chunks), limit))
+        want = b"\n".join(marker(len(x)) if len(x) > limit else x for x in data.split(b"\n"))
+        assert got == want
+    assert oversized_size(marker(123)) == 123 and oversized_size(b'{"a": 1}') is None

@@ -29,6 +29,7 @@ from chatflow.data.jsonl_reader import (
     split_block,
 )
 from chatflow.data.long_text import LONG_TEXT_CHARS, encode_long
+from chatflow.data.oversized import oversized_size
 from chatflow.data.templates import (
     InstructionTemplate,
     ParallelTemplate,
@@ -140,8 +141,10 @@ class BlockEncoder:
         for line, raw in split_block(first_line, blob):
             n_records += 1
             try:
-                if len(raw) > cfg.max_document_bytes:
-                    raise RecordError(oversized_reason(len(raw), cfg.max_document_bytes))
+                dropped = oversized_size(raw)  # a line the reader did not keep (too long)
+                if dropped is not None or len(raw) > cfg.max_document_bytes:
+                    size = len(raw) if dropped is None else dropped
+                    raise RecordError(oversized_reason(size, cfg.max_document_bytes))
                 record = parse_line(raw)
                 if cfg.format == "text":
                     values = [get_text(record, k) for k in cfg.json_keys]

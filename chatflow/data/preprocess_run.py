@@ -279,6 +279,7 @@ def _reader_options(job: PreprocessJob, inputs: list[str]) -> ReaderOptions:
         text_boundary=job.text_boundary,
         fields=needed_fields(cfg.format, cfg.json_keys, p.zh_key, p.en_key),
         aligned=aligned,
+        max_record_bytes=cfg.max_document_bytes,
     )
 
 
