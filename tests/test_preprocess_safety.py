@@ -218,7 +218,7 @@ def test_long_texts_encode_like_whole_texts(
 
 @pytest.mark.unit
 def test_drop_oversized_lines_against_split_oracle():
-    """The reader-side filter equals "replace each too-long line by its marker", for any chunking."""
+    """The reader-side filter equals "replace each too-long line by its marker", any chunking."""
     from chatflow.data.oversized import drop_oversized_lines, marker, oversized_size
 
     rng = random.Random(5)
