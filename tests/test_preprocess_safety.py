@@ -231,3 +231,44 @@ def test_drop_oversized_lines_against_split_oracle():
         want = b"\n".join(marker(len(x)) if len(x) > limit else x for x in data.split(b"\n"))
         assert got == want
     assert oversized_size(marker(123)) == 123 and oversized_size(b'{"a": 1}') is None
+
+
+def _noop() -> None:
+    pass
+
+
+def _task(x: int) -> int:
+    import time
+
+    if x == -1:
+        os._exit(7)  # a worker that dies (killed, segfault)
+    if x == -2:
+        raise KeyError("boom")
+    time.sleep((x * 7919 % 5) / 1000)  # uneven task times: results finish out of order
+    return x * x
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(30)
+def test_ordered_pool_order_bound_and_failures():
+    from chatflow.data.worker_pool import OrderedPool, WorkerError
+
+    pulled = []
+
+    def tasks(items):
+        for x in items:
+            pulled.append(x)
+            yield x
+
+    with OrderedPool(3, _noop, (), _task) as pool:
+        out = []
+        for r in pool.imap(tasks(range(40))):
+            out.append(r)
+            assert len(pulled) - len(out) <= pool.max_in_flight  # bounded read-ahead
+    assert out == [x * x for x in range(40)]
+    for bad, match in ((-1, r"died \(exit code 7\)"), (-2, "KeyError: 'boom'")):
+        with OrderedPool(2, _noop, (), _task) as pool:
+            procs = list(pool._procs)
+            with pytest.raises(WorkerError, match=match):
+                list(pool.imap([1, 2, bad, 3, 4]))
+        assert not any(p.is_alive() for p in procs)  # all stopped on the way out

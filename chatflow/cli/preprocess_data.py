@@ -38,6 +38,7 @@ from chatflow.data.preprocess_run import PreprocessJob, PreprocessSummary, prepr
 from chatflow.data.readers import INPUT_FORMATS
 from chatflow.data.templates import InstructionTemplate, ParallelTemplate
 from chatflow.data.text_reader import BOUNDARIES
+from chatflow.data.worker_pool import WorkerError
 
 
 def _unescape(s: str) -> str:
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
-    except (JsonlError, ValueError, FileNotFoundError) as e:
+    except (JsonlError, ValueError, FileNotFoundError, WorkerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_summary(summary))

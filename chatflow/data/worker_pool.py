@@ -124,6 +124,7 @@ class OrderedPool:
                 try:
                     ok, value = self._conns[w].recv()
                 except EOFError:
+                    self._procs[w].join(STOP_GRACE_SECONDS)  # reap it, for its exit code
                     code = self._procs[w].exitcode
                     raise WorkerError(f"an encoding worker died (exit code {code})") from None
                 if not ok:
