@@ -23,7 +23,7 @@ HUGE_INT = b'{"text": "x", "n": ' + b"7" * 100_000 + b"}"
 # (raw line, fragment of the reason)
 BAD_RECORDS = [
     (DEEP, "nested too deeply"),
-    (HUGE_INT, "digits"),
+    (HUGE_INT, "an integer of more than 4,300 digits"),
     (b'{"text": "a", "text": "b"}', "duplicate key 'text'"),
     (b'{"text": "a", "m": {"k": 1, "k": 2}}', "duplicate key 'k'"),
     (b'{"text": "a", "x": NaN}', "NaN is not a JSON value"),
@@ -82,6 +82,24 @@ def test_bad_record_located_in_both_modes(tmp_path, demo_tokenizer_path, raw, re
     assert (entry["file"], entry["line"]) == (src, 3)
     assert reason in entry["error"]
     assert entry["text"].encode() == raw  # the exact bytes, for inspection
+
+
+@pytest.mark.unit
+def test_bad_records_in_a_json_array(tmp_path, demo_tokenizer_path):
+    """The array reader finds the extent of every bad element (deep, huge numbers...) and the
+    worker rejects just that element."""
+    good = [_good(i) for i in range(len(BAD_RECORDS) + 1)]
+    elements = [x for pair in zip(good, [r for r, _ in BAD_RECORDS]) for x in pair] + good[-1:]
+    src = tmp_path / "a.json"
+    src.write_bytes(b"[" + b",\n".join(elements) + b"]")
+    job = _job([src], tmp_path / "o", demo_tokenizer_path, workers=0, on_error="skip")
+    job.block_bytes = 4096  # elements longer than a block
+    summary = preprocess(job)
+    assert (summary.documents, summary.skipped) == (len(good), len(BAD_RECORDS))
+    rejects = [json.loads(x) for x in open(job.rejects_path, encoding="utf-8")]
+    assert [r["element"] for r in rejects] == [2 * k + 2 for k in range(len(BAD_RECORDS))]
+    for r, (_, reason) in zip(rejects, BAD_RECORDS, strict=True):
+        assert reason in r["error"]
 
 
 @pytest.mark.dist

@@ -27,10 +27,10 @@ from chatflow.data.input_source import (
     InputError,
     iter_chunks,
 )
+from chatflow.data.json_extent import SCANNER, deep_value_end
 from chatflow.data.oversized import drop_oversized_lines
 
 _WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
 
 
 def first_byte(head: bytes) -> bytes:
@@ -162,7 +162,11 @@ def iter_array_blocks(
             while True:
                 end = -1
                 try:
-                    _, end = _DECODER.raw_decode(buf, pos)
+                    _, end = SCANNER.raw_decode(buf, pos)
+                except RecursionError:  # the worker rejects it; here only its end matters
+                    end = deep_value_end(buf, pos) if buf[pos] in "[{" else -1
+                    if end < 0 and eof:
+                        raise bad("invalid JSON: nested too deeply, never closed") from None
                 except json.JSONDecodeError as e:
                     # An error well before the buffer's end is not a cut-off element (those
                     # fail at the end, or as an unterminated string): stop here, without

@@ -19,6 +19,7 @@ import glob
 import gzip
 import json
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -154,6 +155,9 @@ def parse_line(raw: bytes) -> dict[str, Any]:
     except RecursionError:
         raise RecordError("invalid JSON: nested too deeply") from None
     except ValueError as e:  # int() digit limit ("Exceeds the limit (4300 digits) ...")
+        if "digits" in str(e):
+            limit = sys.get_int_max_str_digits()
+            raise RecordError(f"invalid JSON: an integer of more than {limit:,} digits") from None
         raise RecordError(f"invalid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
