@@ -232,6 +232,16 @@ def test_long_texts_encode_like_whole_texts(
     for ext in (".bin", ".idx"):
         a = (tmp_path / f"n_text_document{ext}").read_bytes()
         assert a == (tmp_path / f"l_text_document{ext}").read_bytes()
+    # Instruction records: long segments take the same path, with the same tokens and mask.
+    inst = os.path.join(os.path.dirname(__file__), "..", "examples", "data", "instruct.jsonl")
+    enc = PreprocessConfig(format="instruction")
+    preprocess(_job([inst], tmp_path / "il", demo_tokenizer_path, workers=0, encoding=enc))
+    monkeypatch.setattr(pre, "LONG_TEXT_CHARS", 1 << 30)
+    preprocess(_job([inst], tmp_path / "in", demo_tokenizer_path, workers=0, encoding=enc))
+    for name in ("instruction_document", "instruction_document_loss_mask"):
+        for ext in (".bin", ".idx"):
+            a = (tmp_path / f"in_{name}{ext}").read_bytes()
+            assert a == (tmp_path / f"il_{name}{ext}").read_bytes()
 
 
 @pytest.mark.unit
