@@ -81,6 +81,11 @@ class Tokenizer:
         self._strict = state["strict"]
         self._load(state["proto"])
 
+    @property
+    def model_proto(self) -> bytes:
+        """The serialized sentencepiece model (the bytes of ``tokenizer.model``)."""
+        return self._proto
+
     # ----------------------------------------------------------------------------- vocabulary
     @property
     def vocab_size(self) -> int:

@@ -180,7 +180,7 @@ def test_worker_count_determinism(tmp_path, sample_data_dir, demo_tokenizer_path
         )  # fmt: skip
         files = sorted(p for p in os.listdir(tmp_path) if p.startswith(f"w{workers}_"))
         outputs[workers] = {f.split("_", 1)[1]: (tmp_path / f).read_bytes() for f in files}
-    assert len(outputs["0"]) == (4 if fmt == "instruction" else 2)
+    assert len(outputs["0"]) == (6 if fmt == "instruction" else 3)  # .bin, .idx, .meta.json
     assert outputs["0"] == outputs["1"] == outputs["2"]
 
 
@@ -240,6 +240,8 @@ def test_bad_input_skip_mode(tmp_path, demo_tokenizer_path, capsys):
             demo_tokenizer_path,
             "--workers",
             "2",
+            "--max-reject-fraction",
+            "1",
         )
         == 0
     )
@@ -447,10 +449,12 @@ def test_only_bad_lines_and_empty_input(tmp_path, demo_tokenizer_path, capsys):
             "--workers",
             "1",
         )
-        == 0
+        == 1
     )
-    assert "documents: 0 written, 2 skipped" in capsys.readouterr().out
-    assert len(IndexedDataset(str(tmp_path / "o_text_document"))) == 0
+    # Skip mode that writes nothing fails and publishes only the rejects file.
+    assert "no document was written (2 records read, 2 rejected)" in capsys.readouterr().err
+    assert not os.path.exists(str(tmp_path / "o_text_document.idx"))
+    assert len(_lines(str(tmp_path / "o.rejects.jsonl"))) == 2
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
     assert (

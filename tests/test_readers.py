@@ -27,6 +27,7 @@ from conftest import ROOT
 from chatflow.data.indexed_dataset import IndexedDataset
 from chatflow.data.input_source import DamagedInputError, InputError
 from chatflow.data.jsonl_reader import JsonlError, lookup
+from chatflow.data.output_guard import RejectLimitError
 from chatflow.data.preprocess import PreprocessConfig
 from chatflow.data.preprocess_run import PreprocessJob, preprocess
 from chatflow.data.templates import ParallelTemplate
@@ -90,7 +91,10 @@ def test_json_array_bad_elements_are_located(tmp_path, demo_tokenizer_path):
     src.write_bytes(
         b'  [{"text": "\xe4\xb8\x80"}, 42, {"text": ""},\n {"text": "\xff"}, {"text": "b"}]'
     )
-    s = _run(src, tmp_path / "o", demo_tokenizer_path, on_error="skip", block_bytes=8)
+    s = _run(
+        src, tmp_path / "o", demo_tokenizer_path, on_error="skip", block_bytes=8,
+        job={"max_reject_fraction": 1.0},
+    )  # fmt: skip
     assert (s.documents, s.skipped) == (2, 3)
     rejects = [json.loads(x) for x in open(s.rejects_file, encoding="utf-8")]
     assert [(r["element"], r["error"]) for r in rejects] == [
@@ -302,6 +306,7 @@ def test_plain_text_boundaries(tmp_path, demo_tokenizer_path, boundary, docs, li
     assert _docs(tmp_path / "o_body_document") == _expected(demo_tokenizer_path, docs)
     if lines:  # locators: the first line of each paragraph
         src.write_bytes(b"ok\n\n\xff bad\nmore\n\n\n\xfe\n")
+        job["max_reject_fraction"] = 1.0  # 2 of 3 paragraphs are bad
         s = _run(src, tmp_path / "r", demo_tokenizer_path, on_error="skip", job=job)
         assert [json.loads(x)["line"] for x in open(s.rejects_file)] == [3, 7]
 
@@ -361,7 +366,13 @@ def test_damaged_compressed_files(tmp_path, demo_tokenizer_path, kind):
     src.write_bytes(packed)
     with pytest.raises(DamagedInputError, match=rf"d.{kind}: damaged input at byte offset \d+"):
         _run(src, tmp_path / "f", demo_tokenizer_path)
-    s = _run(src, tmp_path / "o", demo_tokenizer_path, on_error="skip")
+    try:
+        s = _run(src, tmp_path / "o", demo_tokenizer_path, on_error="skip")
+    except RejectLimitError:  # the cut left no whole record: nothing published, damage logged
+        (entry,) = [json.loads(x) for x in open(tmp_path / "o.rejects.jsonl", encoding="utf-8")]
+        assert "damaged input" in entry["error"] and kind in ("zst", "bz2", "xz")
+        assert not os.path.exists(tmp_path / "o_text_document.idx")
+        return
     assert len(s.damaged_files) == 1 and s.documents < len(texts) + (kind == "gz-crc")
     assert (
         _docs(tmp_path / "o_text_document") == _expected(demo_tokenizer_path, texts)[: s.documents]

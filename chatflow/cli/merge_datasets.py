@@ -36,11 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="give maskless inputs an all-ones mask when others have masks",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="merge shards whose .meta.json sidecars name different tokenizers (a warning)",
+    )
     args = parser.parse_args(argv)
     try:
         out = os.path.abspath(args.output_prefix)
         prefixes = find_shards(args.input, exclude=(out, out + MASK_SUFFIX))
-        stats = merge(prefixes, args.output_prefix, args.fill_missing_masks)
+        stats = merge(prefixes, args.output_prefix, args.fill_missing_masks, args.force)
     except (IndexedDatasetError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -36,11 +36,12 @@ from tqdm import tqdm
 
 from chatflow.data.chat_schemas import SCHEMAS, ChatSchemaConfig, RepairPolicy, parse_map
 from chatflow.data.jsonl_reader import DEFAULT_BLOCK_BYTES, JsonlError
-from chatflow.data.preprocess import PreprocessConfig
+from chatflow.data.preprocess import DEFAULT_MAX_DOCUMENT_BYTES, PreprocessConfig
 from chatflow.data.preprocess_run import PreprocessJob, PreprocessSummary, preprocess
 from chatflow.data.readers import INPUT_FORMATS
 from chatflow.data.templates import InstructionTemplate, ParallelTemplate
 from chatflow.data.text_reader import BOUNDARIES
+from chatflow.data.worker_pool import WorkerError
 
 
 def _unescape(s: str) -> str:
@@ -95,9 +96,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="fail",
         help="bad lines: stop (default) or skip into <output-prefix>.rejects.jsonl",
     )
+    g.add_argument(
+        "--max-reject-fraction",
+        type=float,
+        default=0.5,
+        help="--on-error skip: fail (publishing nothing but the rejects file) when more than this "
+        "share of records is rejected; 1 disables",
+    )
+    g.add_argument(
+        "--max-document-bytes",
+        type=int,
+        default=DEFAULT_MAX_DOCUMENT_BYTES,
+        help="reject a record (raw line) larger than this",
+    )
     g = p.add_argument_group("tokenization")
     g.add_argument("--tokenizer-model", required=True, help="sentencepiece tokenizer.model")
     g.add_argument("--append-eod", action="store_true", help="end text/parallel documents with EOS")
+    g.add_argument(
+        "--no-bos",
+        action="store_true",
+        help="no BOS at the start of documents (Megatron-LM's current tokenizer wrapper); "
+        "instruction format: no BOS before the first turn",
+    )
     g.add_argument("--seed", type=int, default=1234, help="seed of the parallel direction choice")
     g = p.add_argument_group("templates (\\n and \\t are unescaped)")
     d = ParallelTemplate()
@@ -183,6 +203,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         format=args.format,
         json_keys=tuple(keys) if args.format == "text" and keys else ("text",),
         append_eod=args.append_eod,
+        bos=not args.no_bos,
+        max_document_bytes=args.max_document_bytes,
         seed=args.seed,
         parallel=parallel,
         instruction=InstructionTemplate(
@@ -269,6 +291,7 @@ def job_from_args(args: argparse.Namespace) -> PreprocessJob:
         input_format=args.input_format,
         text_boundary=args.text_document_boundary,
         aligned_inputs=list(args.input_aligned),
+        max_reject_fraction=args.max_reject_fraction,
     )
 
 
@@ -316,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
-    except (JsonlError, ValueError, FileNotFoundError) as e:
+    except (JsonlError, ValueError, FileNotFoundError, WorkerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_summary(summary))

@@ -86,7 +86,9 @@ class DataConfig:
         return Schedule.from_data_path(list(self.data_path))
 
     def check_shards(self) -> None:
-        """Raise FileNotFoundError naming every missing ``.bin``/``.idx`` of every source."""
+        """Raise FileNotFoundError naming every missing ``.bin``/``.idx`` of every source, and
+        :class:`~chatflow.data.shard_meta.ShardMetaError` for a shard whose ``.meta.json``
+        names another tokenizer than ``--tokenizer-model``."""
         # lazy, as in schedule(): keeps `import chatflow.config` free of the data package
         from chatflow.data.indexed_dataset import missing_shard_files
 
@@ -96,3 +98,7 @@ class DataConfig:
         if missing:
             where = f"--data-schedule {self.data_schedule}" if self.data_schedule else "--data-path"
             raise FileNotFoundError(f"{where}: missing shard files: {', '.join(missing)}")
+        from chatflow.data.shard_meta import check_training_shards
+
+        # A shard made with another tokenizer would train on wrong ids without any error.
+        check_training_shards(list(schedule.prefixes), self.tokenizer_model)

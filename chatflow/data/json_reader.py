@@ -14,6 +14,7 @@ with spaces, which is lossless: valid JSON has no raw newline inside a string.
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -26,9 +27,10 @@ from chatflow.data.input_source import (
     InputError,
     iter_chunks,
 )
+from chatflow.data.json_extent import SCANNER, deep_value_end
+from chatflow.data.oversized import drop_oversized_lines
 
 _WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
 
 
 def first_byte(head: bytes) -> bytes:
@@ -160,7 +162,11 @@ def iter_array_blocks(
             while True:
                 end = -1
                 try:
-                    _, end = _DECODER.raw_decode(buf, pos)
+                    _, end = SCANNER.raw_decode(buf, pos)
+                except RecursionError:  # the worker rejects it; here only its end matters
+                    end = deep_value_end(buf, pos) if buf[pos] in "[{" else -1
+                    if end < 0 and eof:
+                        raise bad("invalid JSON: nested too deeply, never closed") from None
                 except json.JSONDecodeError as e:
                     # An error well before the buffer's end is not a cut-off element (those
                     # fail at the end, or as an unterminated string): stop here, without
@@ -195,9 +201,13 @@ def iter_array_blocks(
 
 
 def open_json_blocks(
-    path: str, stream: BinaryIO, block_bytes: int
+    path: str, stream: BinaryIO, block_bytes: int, max_line_bytes: int | None = None
 ) -> tuple[str, Iterator[tuple[int, bytes]]]:
-    """``(unit, blocks)`` of a JSON input: ``("element", ...)`` for an array, else ``"line"``."""
+    """``(unit, blocks)`` of a JSON input: ``("element", ...)`` for an array, else ``"line"``.
+
+    ``max_line_bytes``: JSON Lines lines longer than this are replaced by a marker while reading
+    (:func:`chatflow.data.oversized.drop_oversized_lines`), never held whole.
+    """
     chunks = iter_chunks(stream, min(CHUNK_BYTES, block_bytes))
     head = b""
     try:
@@ -209,4 +219,7 @@ def open_json_blocks(
         raise DamagedInputError(path, e.offset, "line", 0, e.reason) from None
     if first_byte(head) == b"[":
         return "element", iter_array_blocks(path, chunks, block_bytes, head)
+    if max_line_bytes is not None:
+        chunks = drop_oversized_lines(itertools.chain([head], chunks), max_line_bytes)
+        head = b""
     return "line", iter_jsonl_blocks(path, chunks, block_bytes, head)

@@ -19,6 +19,7 @@ import glob
 import gzip
 import json
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -102,8 +103,41 @@ def split_block(first_line: int, blob: bytes) -> Iterator[tuple[int, bytes]]:
             yield first_line + i, line
 
 
+def oversized_reason(size: int, limit: int) -> str:
+    """The rejection reason of a record of ``size`` bytes over ``--max-document-bytes``."""
+    return f"record of {size:,} bytes is larger than --max-document-bytes {limit:,}"
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON (RFC 8259) and no text field can hold them; rejecting them keeps
+    # records portable to strict readers.
+    raise RecordError(f"invalid JSON: {name} is not a JSON value")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # rare: find the culprit only then
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise RecordError(f"invalid JSON: duplicate key {k!r}")
+            seen.add(k)
+    return obj
+
+
+# Duplicate keys are rejected (which value wins differs between JSON libraries), NaN/Infinity too;
+# integers are parsed by int(), whose digit limit raises ValueError (caught in parse_line).
+_STRICT_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_object, parse_constant=_reject_constant
+)
+
+
 def parse_line(raw: bytes) -> dict[str, Any]:
     """Decode one raw line into a JSON object.
+
+    Every failure of one record is a :class:`RecordError`, never another exception: besides
+    syntax errors, duplicate keys, ``NaN``/``Infinity``, integers longer than Python's
+    int-conversion limit and nesting too deep for the parser's recursion are all rejected.
 
     Raises:
         RecordError: invalid UTF-8, invalid JSON, or JSON that is not an object.
@@ -113,9 +147,18 @@ def parse_line(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise RecordError(f"invalid UTF-8 at byte {e.start}") from None
     try:
-        obj = json.loads(text)
+        obj = _STRICT_DECODER.decode(text)
     except json.JSONDecodeError as e:
         raise RecordError(f"invalid JSON: {e.msg} at column {e.colno}") from None
+    except RecordError:
+        raise
+    except RecursionError:
+        raise RecordError("invalid JSON: nested too deeply") from None
+    except ValueError as e:  # int() digit limit ("Exceeds the limit (4300 digits) ...")
+        if "digits" in str(e):
+            limit = sys.get_int_max_str_digits()
+            raise RecordError(f"invalid JSON: an integer of more than {limit:,} digits") from None
+        raise RecordError(f"invalid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
     return obj

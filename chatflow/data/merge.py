@@ -21,6 +21,8 @@ from chatflow.data.indexed_dataset import (
     idx_path,
     shard_exists,
 )
+from chatflow.data.output_guard import check_outputs_not_inputs, shard_files
+from chatflow.data.shard_meta import merged_meta, meta_path, write_meta_tmp
 from chatflow.data.templates import loss_mask_prefix
 
 MASK_SUFFIX = loss_mask_prefix("")
@@ -64,16 +66,27 @@ def find_shards(inputs: list[str], exclude: tuple[str, ...] = ()) -> list[str]:
 
 
 def merge(
-    prefixes: list[str], output_prefix: str, fill_missing_masks: bool = False
+    prefixes: list[str], output_prefix: str, fill_missing_masks: bool = False, force: bool = False
 ) -> MergeSummary:
     """Merge token shards (and their masks) into ``output_prefix``; returns counts.
+
+    The inputs' ``.meta.json`` sidecars (:mod:`chatflow.data.shard_meta`) must name one tokenizer
+    (``force``: merge anyway, with a warning); the output gets a merged sidecar.
 
     Raises:
         IndexedDatasetError: an input is unreadable, dtypes differ, or a mask does not match.
         ValueError: some inputs have masks and others not (without ``fill_missing_masks``).
+        OutputOverlapError: an output file is one of the inputs' files (nothing is written).
+        ShardMetaError: the inputs were made with different tokenizers (without ``force``).
     """
     if not prefixes:
         raise ValueError("nothing to merge")
+    check_outputs_not_inputs(
+        shard_files(output_prefix) + shard_files(loss_mask_prefix(output_prefix)),
+        [f for p in prefixes for q in (p, loss_mask_prefix(p)) for f in shard_files(q)],
+        "--output-prefix",
+    )
+    meta = merged_meta(prefixes, force)
     shards = [IndexedDataset(p) for p in prefixes]
     dtype = shards[0].dtype
     for s in shards[1:]:
@@ -106,7 +119,12 @@ def merge(
 
     tokens = IndexedDatasetWriter(output_prefix, dtype)
     mask_writer = IndexedDatasetWriter(out_mask, np.uint8) if out_mask else None
+    metas: dict[str, str] = {}  # prefix -> temporary sidecar
     try:
+        if meta is not None:
+            metas[output_prefix] = write_meta_tmp(output_prefix, meta)
+            if out_mask:
+                metas[out_mask] = write_meta_tmp(out_mask, {**meta, "kind": "loss_mask"})
         for s, m in zip(shards, masks, strict=True):
             tokens.add_shard(s)
             if mask_writer is None:
@@ -123,13 +141,18 @@ def merge(
         # then tokens.
         if os.path.exists(idx_path(output_prefix)):
             os.unlink(idx_path(output_prefix))
-        if mask_writer is not None:
-            mask_writer.finalize()
-        tokens.finalize()
+        for w in ([mask_writer] if mask_writer is not None else []) + [tokens]:
+            if w.prefix in metas:
+                os.replace(metas.pop(w.prefix), meta_path(w.prefix))
+            elif os.path.exists(meta_path(w.prefix)):
+                os.unlink(meta_path(w.prefix))  # a stale sidecar of an earlier shard
+            w.finalize()
     except BaseException:
         tokens.abort()
         if mask_writer is not None:
             mask_writer.abort()
+        for tmp in metas.values():
+            os.unlink(tmp)
         raise
     return MergeSummary(
         inputs=len(shards),

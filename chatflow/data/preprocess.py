@@ -23,7 +23,15 @@ import numpy as np
 from chatflow.data.chat_audit import ChatBlockAudit
 from chatflow.data.chat_schemas import ChatSchemaConfig, parse_record
 from chatflow.data.indexed_dataset import token_dtype
-from chatflow.data.jsonl_reader import RecordError, get_text, parse_line, split_block
+from chatflow.data.jsonl_reader import (
+    RecordError,
+    get_text,
+    oversized_reason,
+    parse_line,
+    split_block,
+)
+from chatflow.data.long_text import LONG_TEXT_CHARS, encode_long
+from chatflow.data.oversized import oversized_size
 from chatflow.data.segment_encoding import encode_segments
 from chatflow.data.templates import (
     InstructionTemplate,
@@ -37,6 +45,10 @@ if TYPE_CHECKING:
 
 FORMATS = ("text", "parallel", "instruction")
 
+#: Records (raw lines) larger than this are rejected: far beyond any real document, and a bound on
+#: what one record may cost in memory.
+DEFAULT_MAX_DOCUMENT_BYTES = 64 << 20
+
 
 @dataclass
 class PreprocessConfig:
@@ -48,6 +60,12 @@ class PreprocessConfig:
     """Text format: the keys to tokenize, one output shard each."""
     append_eod: bool = False
     """Text and parallel formats: end every document with EOS (instruction responses always do)."""
+    bos: bool = True
+    """Start every document with BOS (LLaMA2's convention); False matches Megatron-LM's current
+    tokenizer wrapper, which encodes without BOS (instruction format: no BOS before the first
+    turn; the loss mask loses that position too)."""
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    """Records (raw lines) larger than this are rejected."""
     seed: int = 1234
     """Seed of the parallel-direction choice."""
     parallel: ParallelTemplate = field(default_factory=ParallelTemplate)
@@ -61,6 +79,8 @@ class PreprocessConfig:
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         self.json_keys = tuple(self.json_keys)
+        if self.max_document_bytes < 1:
+            raise ValueError(f"max_document_bytes must be >= 1, got {self.max_document_bytes}")
         if self.format == "text":
             if not self.json_keys:
                 raise ValueError("text format needs at least one JSON key")
@@ -129,6 +149,10 @@ class BlockEncoder:
         for line, raw in split_block(first_line, blob):
             n_records += 1
             try:
+                dropped = oversized_size(raw)  # a line the reader did not keep (too long)
+                if dropped is not None or len(raw) > cfg.max_document_bytes:
+                    size = len(raw) if dropped is None else dropped
+                    raise RecordError(oversized_reason(size, cfg.max_document_bytes))
                 record = parse_line(raw)
                 if cfg.format == "text":
                     values = [get_text(record, k) for k in cfg.json_keys]
@@ -147,10 +171,20 @@ class BlockEncoder:
             return BlockResult([tokens], [lengths], mask, rejects, n_records, len(blob), chat)
         tokens_out, lengths_out = [], []
         for group in texts:
-            ids = self.tokenizer.encode_batch(group, bos=True, eos=cfg.append_eod)
+            if any(len(t) > LONG_TEXT_CHARS for t in group):  # rare: see chatflow.data.long_text
+                arrays = [self._encode_one(t) for t in group]
+                tokens_out.append(np.concatenate(arrays) if arrays else np.empty(0, self.dtype))
+                lengths_out.append(np.array([len(a) for a in arrays], np.int32))
+                continue
+            ids = self.tokenizer.encode_batch(group, bos=cfg.bos, eos=cfg.append_eod)
             tokens_out.append(self._flatten(ids))
             lengths_out.append(np.fromiter(map(len, ids), np.int32, len(ids)))
         return BlockResult(tokens_out, lengths_out, None, rejects, n_records, len(blob))
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        # One document as an array, never as a (40 bytes a token) Python list when it is long.
+        cfg = self.config
+        return encode_long(self.tokenizer, text, cfg.bos, cfg.append_eod, self.dtype)
 
     def _flatten(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         total = sum(map(len, ids))
@@ -165,6 +199,8 @@ class BlockEncoder:
             t, m = assemble(
                 ids[i], [tr for _, tr in segs], self.tokenizer.bos_id, self.tokenizer.eos_id
             )
+            if not self.config.bos:  # assemble() always starts with BOS (mask 0)
+                t, m = t[1:], m[1:]
             tokens.append(t)
             masks.append(m)
             lengths[i] = len(t)

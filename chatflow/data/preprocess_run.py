@@ -16,7 +16,6 @@ import base64
 import collections
 import json
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +28,12 @@ from chatflow.data.chat_audit import ChatRunAudit, repaired_entry
 from chatflow.data.indexed_dataset import IndexedDatasetWriter, idx_path
 from chatflow.data.input_source import DamagedInputError
 from chatflow.data.jsonl_reader import DEFAULT_BLOCK_BYTES, JsonlError
+from chatflow.data.output_guard import (
+    RejectLimitError,
+    check_outputs_not_inputs,
+    shard_files,
+    skip_mode_refusal,
+)
 from chatflow.data.preprocess import (
     BlockEncoder,
     BlockResult,
@@ -43,6 +48,8 @@ from chatflow.data.readers import (
     needed_fields,
     open_reader,
 )
+from chatflow.data.shard_meta import meta_path, sidecars
+from chatflow.data.worker_pool import OrderedPool
 from chatflow.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -75,6 +82,8 @@ class PreprocessJob:
     """Plain-text inputs: ``line``, ``blank-line`` or ``file`` documents."""
     aligned_inputs: list[str] = field(default_factory=list)
     """Parallel format: the second file aligned with each input (same count, same order)."""
+    max_reject_fraction: float = 0.5
+    """Skip mode: fail (publishing nothing) when more than this share of records is rejected."""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -83,6 +92,10 @@ class PreprocessJob:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.block_bytes < 1:
             raise ValueError(f"block_bytes must be >= 1, got {self.block_bytes}")
+        if not 0.0 <= self.max_reject_fraction <= 1.0:
+            raise ValueError(
+                f"max_reject_fraction must be in [0, 1], got {self.max_reject_fraction}"
+            )
 
     @property
     def rejects_path(self) -> str:
@@ -141,6 +154,9 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
     Raises:
         JsonlError: a bad line in fail mode (nothing is published then).
         FileNotFoundError: an input pattern matches no file.
+        OutputOverlapError: an output file is an input (checked before anything is written).
+        RejectLimitError: skip mode wrote no document or rejected more than
+            ``max_reject_fraction``; nothing is published but the rejects file.
     """
     t0 = time.time()
     cfg = job.encoding
@@ -150,6 +166,12 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
     prefixes = cfg.output_prefixes(job.output_prefix)
     mask_prefix = cfg.mask_prefix(job.output_prefix)
     skip = job.on_error == "skip"
+    all_prefixes = prefixes + ([mask_prefix] if mask_prefix else [])
+    check_outputs_not_inputs(
+        [f for p in all_prefixes for f in shard_files(p)] + [job.rejects_path],
+        inputs + list(job.aligned_inputs),
+        "--output-prefix",
+    )
     summary = PreprocessSummary(
         inputs=inputs,
         outputs=prefixes + ([mask_prefix] if mask_prefix else []),
@@ -165,12 +187,16 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
     all_writers = writers + ([mask_writer] if mask_writer else [])
     rejects_tmp = f"{job.rejects_path}.tmp{os.getpid()}"
     rejects_file = open(rejects_tmp, "w", encoding="utf-8") if skip else None
+    results = None
+    metas: dict[str, str] = {}  # prefix -> its temporary sidecar
     try:
+        metas.update(sidecars(tokenizer, cfg, prefixes, mask_prefix))
         units: list[str] = []  # per input: what its locators count
         damages: list[tuple[int, DamagedInputError]] = []  # (tasks before it, damage)
         tasks = _tasks(inputs, job, reading, units, damages)
         chat = ChatRunAudit()
-        for n, (source, res) in enumerate(_results(tasks, tokenizer, cfg, job.workers)):
+        results = _results(tasks, tokenizer, cfg, job.workers)
+        for n, (source, res) in enumerate(results):
             _take_damages(damages, n, skip, summary, rejects_file)
             if res.rejects:
                 if not skip:
@@ -197,13 +223,31 @@ def preprocess(job: PreprocessJob, progress: Progress | None = None) -> Preproce
         summary.repairs = dict(sorted(chat.repairs.items()))
         summary.repaired_records = chat.repaired_records
         summary.unused_fields = chat.report()
-        _publish(prefixes, writers, mask_writer)
+        refusal = None
+        if skip:
+            refusal = skip_mode_refusal(
+                summary.records, summary.documents, summary.skipped, job.max_reject_fraction
+            )
+        if refusal is not None:
+            # The rejects file is still published: it is what the user needs to inspect.
+            rejects_file.close()
+            os.replace(rejects_tmp, job.rejects_path)
+            rejects_file = None
+            raise RejectLimitError(
+                f"--on-error skip: {refusal}; nothing published, see {job.rejects_path}"
+            )
+        _publish(prefixes, writers, mask_writer, metas)
         if rejects_file is not None:
             rejects_file.close()
             os.replace(rejects_tmp, job.rejects_path)
     except BaseException:
+        if results is not None:
+            results.close()  # stops the workers now, not when the traceback is freed
         for w in all_writers:
             w.abort()
+        for tmp in metas.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         if rejects_file is not None:
             rejects_file.close()
             os.unlink(rejects_tmp)
@@ -220,15 +264,16 @@ def _publish(
     prefixes: list[str],
     writers: list[IndexedDatasetWriter],
     mask_writer: IndexedDatasetWriter | None,
+    metas: dict[str, str],
 ) -> None:
     # First remove the old token indices, so that no moment exists where an old token shard
-    # looks complete beside a new mask; then masks, then tokens (.idx last each).
+    # looks complete beside a new mask; then masks, then tokens (.idx last each). Each sidecar
+    # goes just before its shard, so a complete-looking shard never has a stale sidecar.
     for p in prefixes:
         if os.path.exists(idx_path(p)):
             os.unlink(idx_path(p))
-    if mask_writer is not None:
-        mask_writer.finalize()
-    for w in writers:
+    for w in ([mask_writer] if mask_writer is not None else []) + writers:
+        os.replace(metas[w.prefix], meta_path(w.prefix))
         w.finalize()
 
 
@@ -247,6 +292,7 @@ def _reader_options(job: PreprocessJob, inputs: list[str]) -> ReaderOptions:
         text_boundary=job.text_boundary,
         fields=needed_fields(cfg.format, cfg.json_keys, p.zh_key, p.en_key),
         aligned=aligned,
+        max_record_bytes=cfg.max_document_bytes,
     )
 
 
@@ -314,24 +360,24 @@ def _results(
 ) -> Iterator[tuple[int, BlockResult]]:
     """``(source, result)`` in task order, at most ``2 * workers`` blocks in flight.
 
-    ``Pool.imap`` would read ahead without limit; submitting by hand bounds memory.
+    ``Pool.imap`` would read ahead without limit; :class:`OrderedPool` bounds it.
     """
     if workers == 0:
         encoder = BlockEncoder(tokenizer, cfg)
         for t in tasks:
             yield t[0], encoder.encode(*t)
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=init_worker, initargs=(tokenizer, cfg)) as pool:
-        pending: collections.deque = collections.deque()
+    # Not multiprocessing.Pool: its shutdown can hang (see chatflow.data.worker_pool).
+    sources: collections.deque[int] = collections.deque()  # of tasks sent, in order
+
+    def sent(tasks: Iterable[tuple[int, int, bytes]]) -> Iterator[tuple[int, int, bytes]]:
         for t in tasks:
-            pending.append((t[0], pool.apply_async(encode_block, (t,))))
-            if len(pending) >= 2 * workers:
-                source, res = pending.popleft()
-                yield source, res.get()
-        while pending:
-            source, res = pending.popleft()
-            yield source, res.get()
+            sources.append(t[0])
+            yield t
+
+    with OrderedPool(workers, init_worker, (tokenizer, cfg), encode_block) as pool:
+        for res in pool.imap(sent(tasks)):
+            yield sources.popleft(), res
 
 
 def _block_entries(path: str, unit: str, res: BlockResult) -> list[str]:

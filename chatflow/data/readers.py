@@ -45,6 +45,9 @@ class ReaderOptions:
     """Record fields the encoder needs (columnar/tabular inputs keep only these); None: all."""
     aligned: list[str] = field(default_factory=list)
     """Aligned second files, one per input (``--input-aligned``); empty when not used."""
+    max_record_bytes: int | None = None
+    """JSON Lines: lines longer than this are dropped while reading (see
+    :mod:`chatflow.data.oversized`); None keeps every line."""
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
@@ -88,7 +91,7 @@ def open_reader(
         return Reader("row", iter_columnar_blocks(path, fields, block_bytes))
     stream, _ = open_input(path)
     if kind == "json":
-        unit, blocks = open_json_blocks(path, stream, block_bytes)
+        unit, blocks = open_json_blocks(path, stream, block_bytes, options.max_record_bytes)
         return Reader(unit, _closing(blocks, stream))
     if kind == "text":
         key = fields[0] if fields else "text"

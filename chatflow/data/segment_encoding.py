@@ -22,10 +22,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from chatflow.data.long_text import LONG_TEXT_CHARS, can_split, cut_points, encode_long
+
 if TYPE_CHECKING:
     from chatflow.tokenizer import Tokenizer
 
-#: Recorded in the shard sidecar and index-cache keys: how instruction segments become tokens.
+#: Recorded in the shard sidecar: how instruction segments become tokens.
 #: 1 = every segment encoded alone (dummy prefix on each); 2 = first segment starts the document,
 #: later segments continue it (this module).
 SEGMENT_ENCODING_VERSION = 2
@@ -33,7 +37,7 @@ SEGMENT_ENCODING_VERSION = 2
 
 def encode_segments(
     tokenizer: Tokenizer, records: Sequence[Sequence[str]]
-) -> list[list[list[int]]]:
+) -> list[list[Sequence[int]]]:
     """Token ids of every segment of every record, in two batched sentencepiece calls.
 
     Args:
@@ -41,16 +45,36 @@ def encode_segments(
         records: per record, its segment texts in order (the first one starts the document).
 
     Returns:
-        ``ids[r][s]``: the ids of segment ``s`` of record ``r`` (no BOS/EOS; the caller adds them).
+        ``ids[r][s]``: the ids of segment ``s`` of record ``r`` (no BOS/EOS; the caller adds them);
+        a list, or an int32 array for a segment over ``LONG_TEXT_CHARS`` characters.
     """
+    if any(len(t) > LONG_TEXT_CHARS for segs in records for t in segs):
+        # Rare (a segment of over a million characters): one at a time, in bounded memory.
+        return [[_encode_long(tokenizer, t, s > 0) for s, t in enumerate(segs)] for segs in records]
     firsts = [segs[0] for segs in records if segs]
     rest = [text for segs in records for text in segs[1:]]
     first_ids = iter(tokenizer.encode_batch(firsts))
     rest_ids = iter(tokenizer.encode_continuation_batch(rest))
-    out: list[list[list[int]]] = []
+    out: list[list[Sequence[int]]] = []
     for segs in records:
         if not segs:
             out.append([])
             continue
         out.append([next(first_ids)] + [next(rest_ids) for _ in segs[1:]])
     return out
+
+
+def _encode_long(tokenizer: Tokenizer, text: str, continuation: bool) -> np.ndarray:
+    """One segment's ids as an int32 array via :func:`chatflow.data.long_text.encode_long`.
+
+    A continuation's head (up to the first cut) is encoded without the dummy prefix; the rest
+    starts after a cut space, which comes back as the dummy prefix, as encode_long relies on.
+    """
+    if not continuation:
+        return encode_long(tokenizer, text, False, False, np.int32)
+    cuts = cut_points(text) if can_split(tokenizer) else []
+    if not cuts:
+        return np.asarray(tokenizer.encode_continuation_batch([text])[0], np.int32)
+    head = np.asarray(tokenizer.encode_continuation_batch([text[: cuts[0]]])[0], np.int32)
+    tail = encode_long(tokenizer, text[cuts[0] + 1 :], False, False, np.int32)
+    return np.concatenate([head, tail])
