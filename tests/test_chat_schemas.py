@@ -403,7 +403,7 @@ def test_chat_corpus_identical_for_any_workers(tmp_path, demo_tokenizer_path):
         data = {f.split(".", 1)[-1] if f.endswith(".jsonl") else f.split("_", 1)[1]:
                 (tmp_path / f).read_bytes() for f in files}  # fmt: skip
         seen[workers] = (data, s.repairs, s.repaired_records, s.unused_fields, s.skipped)
-    assert len(seen[0][0]) == 5  # tokens .bin/.idx, mask .bin/.idx, rejects
+    assert len(seen[0][0]) == 7  # tokens and mask .bin/.idx/.meta.json, rejects
     assert seen[0][1] and seen[0][3][0]["field"] == "id"
     assert seen[0] == seen[1] == seen[2]
     assert os.path.getsize(loss_mask_prefix(str(tmp_path / "w2_instruction_document")) + ".bin")
