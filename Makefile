@@ -36,6 +36,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_preprocess.py
+	$(PY) benchmarks/bench_big_record.py
 	$(PY) benchmarks/bench_index.py
 	$(PY) benchmarks/bench_dataset.py
 	$(PY) benchmarks/bench_engine.py --layout single
