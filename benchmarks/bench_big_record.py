@@ -24,14 +24,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ["数据", "模型", "训练", "语言", "中文", "the", "model", "data", "language", "of", "and"]
 
 
-def write_record(path: str, size_mb: float, seed: int = 0) -> int:
-    """One JSONL line of about ``size_mb`` MB; returns its size in bytes."""
+ZH_WORDS = ["数据", "模型", "训练", "语言", "中文", "我的朋友", "学校", "。", "，"]
+
+
+def write_record(path: str, size_mb: float, seed: int = 0, chinese: bool = False) -> int:
+    """One JSONL line of about ``size_mb`` MB; returns its size in bytes.
+
+    ``chinese``: Chinese words and punctuation without any space (the text cannot be cut at
+    spaces), instead of mixed words separated by spaces.
+    """
     rng = random.Random(seed)
-    piece = " ".join(rng.choice(WORDS) for _ in range(100_000))
+    words, sep = (ZH_WORDS, "") if chinese else (WORDS, " ")
+    piece = sep.join(rng.choice(words) for _ in range(100_000))
     target = int(size_mb * 1e6)
     reps = max(1, target // len(piece.encode()))
     with open(path, "w", encoding="utf-8") as f:
-        f.write('{"text": ' + json.dumps(" ".join([piece] * reps), ensure_ascii=False) + "}\n")
+        f.write('{"text": ' + json.dumps(sep.join([piece] * reps), ensure_ascii=False) + "}\n")
     return os.path.getsize(path)
 
 
@@ -39,13 +47,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size-mb", type=float, default=100)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--chinese", action="store_true", help="Chinese text without spaces")
     p.add_argument(
         "--tokenizer-model", default=os.path.join(ROOT, "examples/tokenizer/chatflow_demo.model")
     )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "big.jsonl")
-        size = write_record(src, args.size_mb)
+        size = write_record(src, args.size_mb, chinese=args.chinese)
         cmd = [
             sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input", src,
             "--output-prefix", os.path.join(d, "out"), "--tokenizer-model", args.tokenizer_model,
@@ -60,7 +69,8 @@ def main() -> int:
             return 1
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
         tokens = [ln for ln in res.stdout.splitlines() if ln.startswith("tokens:")]
-        print(f"record:    {size / 1e6:.1f} MB in one line, --workers {args.workers}")
+        kind = "Chinese, no spaces" if args.chinese else "mixed words and spaces"
+        print(f"record:    {size / 1e6:.1f} MB in one line ({kind}), --workers {args.workers}")
         print(tokens[0] if tokens else res.stdout)
         print(f"time:      {dt:.1f} s")
         print(f"peak RSS:  {peak_mb:,.0f} MB (largest process of the tool's tree)")

@@ -221,6 +221,21 @@ def test_long_texts_encode_like_whole_texts(
         got = long_text.encode_long(demo_tokenizer, t, True, True, np.int32, rng.choice([5, 64]))
         assert got.tolist() == whole
     assert long_text.cut_points("ab cd  ef", 1) == [2]  # never inside a run of spaces
+    # Chinese without spaces is cut after "lonely" characters (。，digits), as a continuation; and
+    # a segment that itself continues a line (no dummy prefix) keeps that at its start.
+    zh = ["数据", "模型", "。", "，", "我的朋友", "2024", "好", "\n", "é"]
+    for _ in range(40):
+        t = "".join(rng.choice(zh) for _ in range(rng.randrange(1, 3000)))
+        whole = demo_tokenizer.encode_batch([t], bos=True, eos=True)[0]
+        pieces = rng.choice([5, 64])
+        assert (
+            long_text.encode_long(demo_tokenizer, t, True, True, np.int32, pieces).tolist() == whole
+        )
+        cont = demo_tokenizer.encode_continuation_batch([t])[0]
+        got = long_text.encode_long(demo_tokenizer, t, False, False, np.int32, pieces, True)
+        assert got.tolist() == cont
+    lonely = long_text._lonely_chars(demo_tokenizer.model_proto)
+    assert "。" in lonely and len(long_text.cut_plan("数据。" * 100, 10, lonely)) > 5
     # The encoder's long path (threshold lowered) gives the same shards as the normal path.
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from chatflow.data.long_text import LONG_TEXT_CHARS, can_split, cut_points, encode_long
+from chatflow.data.long_text import LONG_TEXT_CHARS, encode_long
 
 if TYPE_CHECKING:
     from chatflow.tokenizer import Tokenizer
@@ -65,16 +65,5 @@ def encode_segments(
 
 
 def _encode_long(tokenizer: Tokenizer, text: str, continuation: bool) -> np.ndarray:
-    """One segment's ids as an int32 array via :func:`chatflow.data.long_text.encode_long`.
-
-    A continuation's head (up to the first cut) is encoded without the dummy prefix; the rest
-    starts after a cut space, which comes back as the dummy prefix, as encode_long relies on.
-    """
-    if not continuation:
-        return encode_long(tokenizer, text, False, False, np.int32)
-    cuts = cut_points(text) if can_split(tokenizer) else []
-    if not cuts:
-        return np.asarray(tokenizer.encode_continuation_batch([text])[0], np.int32)
-    head = np.asarray(tokenizer.encode_continuation_batch([text[: cuts[0]]])[0], np.int32)
-    tail = encode_long(tokenizer, text[cuts[0] + 1 :], False, False, np.int32)
-    return np.concatenate([head, tail])
+    """One segment's ids as an int32 array, in bounded memory (:mod:`chatflow.data.long_text`)."""
+    return encode_long(tokenizer, text, False, False, np.int32, continuation=continuation)
