@@ -30,8 +30,9 @@ import numpy as np
 
 from chatflow import _C
 from chatflow.data.indexed_dataset import IndexedDataset
+from chatflow.data.schedule_parts import PACKING_MODES
 
-PACKING_MODES = ("windows", "conversations")
+__all__ = ["PACKING_MODES", "PackingIndex", "build_packing", "no_split_points", "turn_boundaries"]
 
 #: Column names of :attr:`PackingIndex.epoch_stats`.
 STAT_NAMES = ("splits", "truncations", "dropped_tokens", "tokens")
