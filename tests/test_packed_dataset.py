@@ -237,3 +237,24 @@ def test_packing_option_in_schedules(tmp_path):
     assert [s.packing for s in dp.sources] == ["conversations", None]
     with pytest.raises(ScheduleError, match="--data-path '/d/x:packing=bins': packing must be"):
         Schedule.from_data_path(["/d/x:packing=bins"])
+
+
+def test_padding_between_counts_padded_inputs(tmp_path):
+    rs = np.random.RandomState(4)
+    chat = str(tmp_path / "chat")
+    write_conversations(chat, rs, 30, max_turns=3, max_len=9)
+    text = str(tmp_path / "text")
+    with IndexedDatasetWriter(text, np.uint16) as w:
+        w.add_documents([[1] + [9] * int(n) + [2] for n in rs.randint(0, 40, size=40)])
+    ds = DynamicBlendedDataset(
+        BlendedDatasetConfig(seq_length=16, num_samples=50, seed=3),
+        Schedule.from_data_path(["0.5", text, "0.5", chat]),
+    )
+    for start, end in [(0, 50), (7, 23), (10, 10)]:
+        want = {"text": 0, "chat": 0}
+        for i in range(start, end):
+            want[ds.names[int(ds[i]["source_id"])]] += int(ds[i]["num_pad"])
+        assert ds.padding_between(start, end) == want
+    assert ds.padding_between(0, 50)["chat"] > 0
+    share = ds.padding_between(0, 50)["chat"] / (16 * int(ds.source_samples[1]))
+    assert share == pytest.approx(ds.packing_stats()["chat"]["padding_share"])

@@ -312,6 +312,7 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
             # have the same fields, so windows get a dense (causal) one too.
             options = dataclasses.replace(options, attention_mask=True)
         self.sample_options = options
+        self._padding: list[np.ndarray | None] | None = None  # per-sample padding, built lazily
         self.sources: list[SourceDataset | RetiredSource] = []
         for name, prefix, count, packing in zip(
             self.names, self.prefixes, self.source_samples, self.packings
@@ -369,6 +370,26 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
         if "num_pad" not in sample:  # windows: no padding; the field keeps batches uniform
             sample["num_pad"] = torch.tensor(0, dtype=torch.int64)
         return sample
+
+    def padding_between(self, start: int, end: int) -> dict[str, int]:
+        """Padded input positions among global samples ``[start, end)``, per source name.
+
+        Exact and local (read off the indices), so the trainer can count real tokens without
+        reducing anything across ranks.
+        """
+        if not 0 <= start <= end <= len(self):
+            raise ValueError(f"[{start}, {end}) outside [0, {len(self)}]")
+        if self._padding is None:
+            self._padding = [
+                s.sample_padding() if isinstance(s, SourceDataset) else None for s in self.sources
+            ]
+        src = np.asarray(self.dataset_index[start:end])
+        idx = np.asarray(self.dataset_sample_index[start:end])
+        out = {}
+        for k, name in enumerate(self.names):
+            pad = self._padding[k]
+            out[name] = int(pad[idx[src == k]].sum()) if pad is not None and pad.any() else 0
+        return out
 
     def packing_stats(self) -> dict[str, dict[str, float]]:
         """Per source name: padding share and split/truncation counts of its samples (see

@@ -289,6 +289,15 @@ class SourceDataset(torch.utils.data.Dataset):
             "dropped_tokens": int(stats[2]),
         }
 
+    def sample_padding(self) -> np.ndarray:
+        """int64 ``[num_samples]``: padded input positions of each sample (all 0 for windows)."""
+        if self.packed is None or self.num_samples == 0:
+            return np.zeros(self.num_samples, dtype=np.int64)
+        used = np.asarray(self.shuffle_index[: self.num_samples])
+        placed = bin_tokens(self.packed, int(used.max()) + 1)[used]
+        seq = self.options.seq_length
+        return seq - np.minimum(placed, seq)
+
     def bin_pieces(self, idx: int) -> list[tuple[int, int, int]]:
         """The (document, start, length) pieces of packed sample ``idx``, in sample order."""
         if not 0 <= idx < self.num_samples:
