@@ -148,6 +148,13 @@ def test_prefix_stable_deterministic_cached_and_picklable(tmp_path):
     assert windows.packed is None and "attention_mask" not in windows[0]
     with pytest.raises(ValueError, match="packing must be one of"):
         SourceDataset(prefix, 4, opts, seed=2, packing="whole")
+    none = SourceDataset(prefix, 0, opts, seed=2)
+    assert len(none) == 0 and none.packing_stats()["padding_share"] == 0
+    empty = str(tmp_path / "empty")
+    write_conversations(empty, rs, 0, max_turns=1, max_len=2)  # one empty document only
+    assert len(SourceDataset(empty, 0, opts, seed=2)) == 0  # a source the blend never draws
+    with pytest.raises(ValueError, match="no tokens"):
+        SourceDataset(empty, 3, opts, seed=2)
 
 
 def test_plain_text_source_packed_by_document(tmp_path):

@@ -232,7 +232,8 @@ class SourceDataset(torch.utils.data.Dataset):
             offsets, points = no_split_points(len(sizes))
             return build_packing(sizes, doc_ids, offsets, points, seq + 1, min_bins, seed, True)
 
-        if num_samples is None or shuffle_block is None:
+        epoch_samples = 1  # only read when no sample is asked for (nothing to pack)
+        if num_samples is None or (shuffle_block is None and num_samples > 0):
             # One epoch's bin count: the default sample count and shuffle block.
             first = cache.get_or_build(
                 "packing_epoch", description, lambda: {"epoch_bins": pack(1).epoch_bins[:2]}
