@@ -208,3 +208,18 @@ def test_turn_boundaries_of_a_mask_shard(tmp_path):
     offsets, points = turn_boundaries(IndexedDataset(prefix))
     got = [points[offsets[i] : offsets[i + 1]].tolist() for i in range(len(masks))]
     assert got == [[4], [2], [], [3, 5], []]
+
+
+def test_turn_boundaries_across_scan_chunks(tmp_path, monkeypatch):
+    import chatflow.data.packing as packing
+
+    rs = np.random.RandomState(9)
+    masks = [rs.randint(0, 2, size=int(n)).tolist() for n in rs.randint(0, 30, size=40)]
+    prefix = str(tmp_path / "m")
+    with IndexedDatasetWriter(prefix, np.uint8) as w:
+        w.add_documents(masks)
+    want = [[p for p in range(1, len(m)) if m[p - 1] == 1 and m[p] == 0] for m in masks]
+    for chunk in (1, 2, 7, 1 << 24):  # boundaries falling on every chunk edge
+        monkeypatch.setattr(packing, "_SCAN_CHUNK", chunk)
+        offsets, points = turn_boundaries(IndexedDataset(prefix))
+        assert [points[offsets[i] : offsets[i + 1]].tolist() for i in range(40)] == want

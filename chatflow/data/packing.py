@@ -38,6 +38,7 @@ __all__ = ["PACKING_MODES", "PackingIndex", "build_packing", "no_split_points", 
 STAT_NAMES = ("splits", "truncations", "dropped_tokens", "tokens")
 
 _INT32_MAX = np.iinfo(np.int32).max
+_SCAN_CHUNK = 1 << 24  # mask bytes per step of turn_boundaries()
 
 
 def turn_boundaries(mask: IndexedDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -50,10 +51,15 @@ def turn_boundaries(mask: IndexedDataset) -> tuple[np.ndarray, np.ndarray]:
         ``(offsets int64[len(mask) + 1], points int32[...])``: sequence ``i``'s points are
         ``points[offsets[i]:offsets[i + 1]]``, increasing.
     """
-    flat = np.asarray(mask.get_flat())
+    flat = mask.get_flat()
     starts = np.asarray(mask.sequence_pointers) // mask.dtype.itemsize
-    hit = np.flatnonzero((flat[:-1] != 0) & (flat[1:] == 0)) + 1 if flat.size > 1 else []
-    hit = np.asarray(hit, dtype=np.int64)
+    # Scan the shard in bounded pieces (each overlapping the next by one byte), so a big mask
+    # shard is never copied whole into temporaries.
+    found = []
+    for lo in range(0, max(len(flat) - 1, 0), _SCAN_CHUNK):
+        part = np.asarray(flat[lo : lo + _SCAN_CHUNK + 1])
+        found.append(np.flatnonzero((part[:-1] != 0) & (part[1:] == 0)) + (lo + 1))
+    hit = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
     # A 1 -> 0 step across two sequences is a sequence start, not a split point inside one.
     seq = np.searchsorted(starts, hit, side="right") - 1
     local = hit - starts[seq]
