@@ -17,8 +17,20 @@ but every position belongs to one *segment* (a piece, or the padding) and:
 
 from __future__ import annotations
 
+import functools
+import itertools
+
 import numpy as np
 import torch
+
+
+@functools.lru_cache(maxsize=4)
+def future_mask(n: int) -> np.ndarray:
+    """bool [n, n], True strictly above the diagonal: what causal attention masks out (cached,
+    read-only)."""
+    out = np.triu(np.ones((n, n), dtype=bool), k=1)
+    out.setflags(write=False)
+    return out
 
 
 def make_packed_sample(
@@ -57,13 +69,20 @@ def make_packed_sample(
         loss_mask[tokens == eod_id] = 0.0
     doc_start = start_of[:-1]
     position_ids = np.arange(seq_length, dtype=np.int64) - doc_start
-    j = np.arange(seq_length)
-    allowed = (j[None, :] <= j[:, None]) & (j[None, :] >= doc_start[:, None])
+    # Everything masked, then each segment's diagonal block gets the causal pattern: one fill
+    # and one copy per block, several times faster than comparing index grids.
+    masked = np.ones((seq_length, seq_length), dtype=bool)
+    future = future_mask(seq_length)
+    bounds = [0, *np.cumsum(lengths).tolist(), capacity]
+    for a, b in itertools.pairwise(bounds):
+        a, b = min(a, seq_length), min(b, seq_length)
+        if b > a:
+            masked[a:b, a:b] = future[: b - a, : b - a]
     return {
         "tokens": torch.from_numpy(tokens.copy()),
         "labels": torch.from_numpy(labels.copy()),
         "loss_mask": torch.from_numpy(loss_mask),
         "position_ids": torch.from_numpy(position_ids),
-        "attention_mask": torch.from_numpy(~allowed).unsqueeze(0),
+        "attention_mask": torch.from_numpy(masked).unsqueeze(0),
         "num_pad": torch.tensor(seq_length - min(used, seq_length), dtype=torch.int64),
     }

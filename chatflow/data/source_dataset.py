@@ -35,7 +35,7 @@ import torch
 
 from chatflow.data.index_cache import IndexCache, pickle_array, shard_identity, unpickle_array
 from chatflow.data.indexed_dataset import IndexedDataset, shard_exists
-from chatflow.data.packed_sample import make_packed_sample
+from chatflow.data.packed_sample import future_mask, make_packed_sample
 from chatflow.data.packing import (
     PACKING_MODES,
     PackingIndex,
@@ -424,7 +424,7 @@ def make_sample(
             allowed = (j[None, :] <= j[:, None]) & (j[None, :] >= doc_start[:, None])
             sample["attention_mask"] = torch.from_numpy(~allowed).unsqueeze(0)
     if options.attention_mask and "attention_mask" not in sample:
-        causal = np.triu(np.ones((seq, seq), dtype=bool), k=1)  # True = masked: the future
+        causal = future_mask(seq).copy()  # True = masked: the future
         sample["attention_mask"] = torch.from_numpy(causal).unsqueeze(0)
     sample["tokens"] = torch.from_numpy(tokens)
     sample["labels"] = torch.from_numpy(labels)
