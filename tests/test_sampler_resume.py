@@ -259,3 +259,28 @@ def test_saved_schedules_rebuild_bit_identically():
         assert again.fingerprint() == sched.fingerprint()
         assert [kn.weights for kn in again.knots] == [kn.weights for kn in sched.knots]
         assert len(state.segments_for(sched, 1000)) == 1
+
+
+def test_packing_change_across_a_resume_is_warned_about(shards, caplog):
+    import dataclasses
+
+    s1 = ramp_schedule({k: shards[k] for k in ("en", "inst")}, ["en"], ["inst"], 0.5)
+    windows = dataclasses.replace(
+        s1, sources=(s1.sources[0], dataclasses.replace(s1.sources[1], packing="windows"))
+    )
+    cfg = BlendedDatasetConfig(seq_length=8, num_samples=80)
+    state = roundtrip(DataState.capture(DynamicBlendedDataset(cfg, s1), 40))
+    # Same weights: no new segment, so the switch would silently re-mean inst's samples 0..n.
+    ds = DynamicBlendedDataset(cfg, state.segments_for(windows, 80))
+    assert ds.packings == ("windows", "windows")
+    with pytest.raises(RuntimeError, match=r"packing changed.*'inst': \('conversations', 'wi"):
+        state.verify(ds)
+    # A longer run adds a segment: the dataset warns, verify refuses all the same.
+    with caplog.at_level("WARNING"):
+        longer = DynamicBlendedDataset(
+            BlendedDatasetConfig(seq_length=8, num_samples=96), state.segments_for(windows, 96)
+        )
+    assert "inst changes packing" in caplog.text and "conversations -> windows" in caplog.text
+    with pytest.raises(RuntimeError, match="packing changed"):
+        state.verify(longer)
+    state.verify(DynamicBlendedDataset(cfg, state.segments_for(s1, 80)))  # unchanged: fine

@@ -451,15 +451,22 @@ def resolve_packings(
 ) -> tuple[str, ...]:
     """Each source's packing: as its latest segment's schedule sets it, else ``conversations``
     for a shard with a loss-mask shard (when masks are read) and ``windows`` otherwise."""
-    given: dict[str, str | None] = {}
+    given: dict[str, list[str | None]] = {}
     for seg in segments:
         for src in seg.schedule.sources:
-            given[src.name] = src.packing
+            given.setdefault(src.name, []).append(src.packing)
     out = []
     for name, prefix in zip(names, prefixes):
-        mode = given.get(name)
-        if mode is None:
-            has_mask = use_loss_mask and shard_exists(loss_mask_prefix(prefix))
-            mode = "conversations" if has_mask else "windows"
-        out.append(mode)
+        has_mask = use_loss_mask and shard_exists(loss_mask_prefix(prefix))
+        default = "conversations" if has_mask else "windows"
+        modes = [m or default for m in given.get(name, [None])]
+        if len(set(modes)) > 1:
+            # Sample j of a source means another sample under another packing: a resume that
+            # switches it neither continues nor repeats that source's order exactly.
+            logger.warning(
+                "source %s changes packing across the run's segments (%s); its samples after the "
+                "change follow the %s order from the same count", name, " -> ".join(modes),
+                modes[-1],
+            )  # fmt: skip
+        out.append(modes[-1])
     return tuple(out)
