@@ -8,6 +8,9 @@
 2. **``__getitem__`` throughput** (samples/s at ``seq_length``) of ChatFlow's
    ``DynamicBlendedDataset`` vs megatron-core's ``BlendedDataset`` over the same real shards,
    same weights, same random sample positions, after a warm-up pass (page cache warm).
+3. **Packing**: ``__getitem__`` of one instruction-like source (multi-turn conversations with a
+   loss-mask shard) packed by conversation (dense block-diagonal mask) against the same source
+   read as windows, without and with ``reset_attention_mask`` (the windows' dense mask).
 
 Both report the best of several runs, as the machine may be shared.
 
@@ -76,6 +79,58 @@ def write_real_shard(prefix: str, tokens: int, seed: int) -> None:
             doc[0], doc[-1] = 1, 2
             w.add_document(doc)
             start += n
+
+
+def write_conversation_shard(prefix: str, tokens: int, seed: int) -> None:
+    """Multi-turn conversations (prompt mask 0, response + EOS mask 1) and their mask shard."""
+    from chatflow.data.templates import loss_mask_prefix
+
+    rs = np.random.default_rng(seed)
+    docs, masks, total = [], [], 0
+    while total < tokens:
+        toks, mask = [1], [0]
+        for _ in range(int(rs.integers(1, 5))):
+            p, r = int(rs.integers(20, 300)), int(rs.integers(20, 600))
+            toks += rs.integers(3, 32000, size=p + r).tolist() + [2]
+            mask += [0] * p + [1] * (r + 1)
+        docs.append(toks)
+        masks.append(mask)
+        total += len(toks)
+    with IndexedDatasetWriter(prefix, np.uint16) as w:
+        w.add_documents(docs)
+    with IndexedDatasetWriter(loss_mask_prefix(prefix), np.uint8) as w:
+        w.add_documents(masks)
+
+
+def bench_packing(prefix: str, seq_length: int, reads: int) -> dict[str, float]:
+    """samples/s of the three layouts of one conversation source (in process, best of 3)."""
+    import logging
+
+    from chatflow.data.source_dataset import SampleOptions, SourceDataset
+
+    logging.disable(logging.WARNING)
+    variants = {
+        "windows": ({"packing": "windows"}, SampleOptions(seq_length=seq_length)),
+        "windows + reset_attention_mask": (
+            {"packing": "windows"},
+            SampleOptions(seq_length=seq_length, eod_id=2, reset_attention_mask=True),
+        ),
+        "conversations": ({"packing": "conversations"}, SampleOptions(seq_length=seq_length)),
+    }
+    out = {}
+    for name, (kw, opts) in variants.items():
+        ds = SourceDataset(prefix, None, opts, seed=1234, **kw)
+        order = np.random.default_rng(0).integers(0, len(ds), size=reads)
+        for i in order[: reads // 4]:
+            ds[int(i)]
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for i in order:
+                ds[int(i)]
+            best = min(best, time.perf_counter() - start)
+        out[name] = reads / best
+    return out
 
 
 class _Tokenizer:
@@ -263,6 +318,17 @@ def main() -> None:
                 ]
             )
             print(f"  {impl:9s} {r['samples_per_s']:9.0f} samples/s")
+
+        chat = os.path.join(tmp, "chat")
+        write_conversation_shard(chat, int(args.read_tokens), seed=20)
+        reads = max(args.reads // 10, 40)  # dense s x s masks: each read costs far more
+        print(f"packing: 1 conversation shard x {args.read_tokens:.3g} tokens, seq "
+              f"{args.seq_length}, {reads} random reads")  # fmt: skip
+        res = bench_packing(chat, args.seq_length, reads)
+        for name, rate in res.items():
+            vs_plain, vs_dense = rate / res["windows"], rate / res["windows + reset_attention_mask"]
+            print(f"  {name:32s} {rate:9.0f} samples/s  {vs_plain:6.3f}x windows, "
+                  f"{vs_dense:6.2f}x windows with a dense mask")  # fmt: skip
 
 
 if __name__ == "__main__":

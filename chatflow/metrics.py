@@ -65,11 +65,13 @@ class StepTiming:
     """Throughput figures of one logging interval."""
 
     tokens_per_s: float
-    """Tokens trained per second over all ranks."""
+    """Real (non-padding) tokens trained per second over all ranks."""
     tflops_per_device: float
     """Achieved model TFLOP/s per device (rank)."""
     mfu: float | None
     """Model FLOPs utilization (0..1) if the device peak is known, else None."""
+    padding_tokens_per_s: float = 0.0
+    """Padding positions of packed samples per second (computed on, never trained on)."""
 
 
 def throughput(
@@ -84,6 +86,42 @@ def throughput(
     tflops = tokens * flops_per_token / seconds / world_size / 1e12
     mfu = tflops / peak_tflops if peak_tflops else None
     return StepTiming(tokens_per_s=tokens / seconds, tflops_per_device=tflops, mfu=mfu)
+
+
+def packed_throughput(
+    tokens: int,
+    padding: int,
+    seconds: float,
+    flops_per_token: float,
+    world_size: int,
+    peak_tflops: float | None,
+) -> StepTiming:
+    """:func:`throughput` of ``tokens`` positions of which ``padding`` are padding: tokens/s
+    counts the real ones only, padding/s is reported beside it, and TFLOP/s and MFU count every
+    position (the device computes them all)."""
+    timing = throughput(tokens, seconds, flops_per_token, world_size, peak_tflops)
+    seconds = max(seconds, 1e-9)
+    timing.tokens_per_s = (tokens - padding) / seconds
+    timing.padding_tokens_per_s = padding / seconds
+    return timing
+
+
+def padding_metrics(
+    padding: dict[str, int], samples: dict[str, int], seq_length: int, packing: dict[str, dict]
+) -> dict:
+    """The padding fields of a train record: overall and per-source padding share of the
+    interval's input positions, and each packed source's split/truncation counts."""
+    total = sum(samples.values()) * seq_length
+    packed = [n for n, st in packing.items() if st.get("packed")]
+    return {
+        "padding_share": sum(padding.values()) / total if total else 0.0,
+        "source_padding_share": {
+            n: padding.get(n, 0) / (samples[n] * seq_length) if samples.get(n) else None
+            for n in samples
+        },
+        "source_splits": {n: packing[n]["splits"] for n in packed},
+        "source_truncations": {n: packing[n]["truncations"] for n in packed},
+    }
 
 
 class IntervalTimer:
@@ -236,8 +274,10 @@ class MetricsLogger:
         elapsed: float,
         data_wait: float,
         scheduled: dict[str, float],
+        padding: dict | None = None,
     ) -> dict:
-        """Record one training interval (``step`` is the interval's last ``StepResult``)."""
+        """Record one training interval (``step`` is the interval's last ``StepResult``;
+        ``padding`` from :func:`padding_metrics`)."""
         record = {
             "kind": "train",
             "iteration": iteration,
@@ -255,6 +295,9 @@ class MetricsLogger:
             "interval_s": elapsed,
             "data_wait_frac": data_wait / max(elapsed, 1e-9),
         }
+        if padding is not None:
+            record["padding_tokens_per_s"] = timing.padding_tokens_per_s
+            record.update(padding)
         self._emit(record)
         if self.is_writer:
             losses = " ".join(
@@ -265,6 +308,8 @@ class MetricsLogger:
                 for n in self.names
             )
             mfu = f" | MFU {timing.mfu:.1%}" if timing.mfu is not None else ""
+            if padding is not None and padding["padding_share"] > 0:
+                mfu += f" | padding {padding['padding_share']:.1%}"
             logger.info(
                 "iter %d | loss %.4f | %s | mix (real/sched) %s | lr %.3g | gnorm %.3g | "
                 "%.0f tok/s | %.3g TFLOP/s/dev%s | data wait %.2f%%",

@@ -34,9 +34,10 @@ from chatflow.metrics import (
     IntervalTimer,
     MetricsLogger,
     SourceStats,
+    packed_throughput,
+    padding_metrics,
     peak_tflops_for_device,
     scheduled_mix,
-    throughput,
 )
 
 logger = logging.getLogger("chatflow.train")
@@ -206,6 +207,15 @@ def train(job: JobConfig) -> list[dict[str, Any]]:
     peak = job.logging.peak_tflops or peak_tflops_for_device(device_name)
     flops_per_token = job.model.flops_per_token()
     stats = SourceStats(len(names))
+    packing = {
+        n: {**st, "packed": p == "conversations" and bool(st)}  # retired sources: no stats
+        for (n, st), p in zip(dataset.packing_stats().items(), dataset.packings)
+    }
+    for n, st in packing.items():
+        if st["packed"]:
+            logger.info("%s: packed by conversation: padding %.1f%% of its samples, %d splits, "
+                        "%d truncated turns (%d tokens dropped)", n, 100 * st["padding_share"],
+                        st["splits"], st["truncations"], st["dropped_tokens"])  # fmt: skip
     timer = IntervalTimer()  # throughput counts training only: evaluation and saves are paused
     interval_consumed, interval_wait = consumed, 0.0
     logger.info("training %.1fM-parameter LLaMA (%d layers, hidden %d), iterations %d -> %d, "
@@ -225,13 +235,21 @@ def train(job: JobConfig) -> list[dict[str, Any]]:
 
         if iteration % job.logging.log_interval == 0 or iteration == tc.train_iters:
             elapsed = timer.elapsed()
-            timing = throughput(
-                (consumed - interval_consumed) * job.model.seq_length, elapsed, flops_per_token,
-                info.world_size, peak,
+            # Padding of packed samples, read off the indices: tokens/s counts real tokens.
+            pad = dataset.padding_between(interval_consumed, consumed)
+            timing = packed_throughput(
+                (consumed - interval_consumed) * job.model.seq_length, sum(pad.values()),
+                elapsed, flops_per_token, info.world_size, peak,
             )  # fmt: skip
+            before, after = (
+                dataset.source_counts(interval_consumed),
+                dataset.source_counts(consumed),
+            )
+            samples = {n: after[n] - before[n] for n in after}
             log.train_record(
                 iteration, consumed, stats, result, timing, elapsed, interval_wait,
                 scheduled_mix(schedule, interval_consumed, consumed, num_samples),
+                padding_metrics(pad, samples, job.model.seq_length, packing),
             )  # fmt: skip
             stats.reset()
             timer.restart()

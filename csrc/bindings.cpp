@@ -6,9 +6,11 @@ namespace py = pybind11;
 
 void bind_blending(py::module_& m);
 void bind_sample_index(py::module_& m);
+void bind_packing(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "ChatFlow C++ index builders (blending and per-source sample indices)";
+  m.doc() = "ChatFlow C++ index builders (blending, per-source sample indices, packing)";
   bind_blending(m);
   bind_sample_index(m);
+  bind_packing(m);
 }

@@ -17,8 +17,10 @@ from test_blended_dataset import make_shards, ramp_schedule
 
 from chatflow.data.blended_dataset import BlendedDatasetConfig, DynamicBlendedDataset, Segment
 from chatflow.data.data_state import DataState
+from chatflow.data.indexed_dataset import IndexedDatasetWriter
 from chatflow.data.sampler import DataParallelBatchSampler
 from chatflow.data.source_dataset import SourceDataset
+from chatflow.data.templates import loss_mask_prefix
 
 pytestmark = pytest.mark.unit
 
@@ -78,7 +80,12 @@ def shards(tmp_path):
         for name in ("en", "para", "zh", "inst")
     }
     specs["inst"][:3] = [0, 40, 3]  # an empty document and one longer than seq_length
-    return make_shards(tmp_path, specs)
+    prefixes = make_shards(tmp_path, specs)
+    # inst gets a loss-mask shard (turns of 3 prompt + 3 response tokens), so it is packed by
+    # conversation by default, with long documents split at turn boundaries.
+    with IndexedDatasetWriter(loss_mask_prefix(prefixes["inst"]), np.uint8) as w:
+        w.add_documents([[int(i % 6 >= 3) for i in range(n)] for n in specs["inst"]])
+    return prefixes
 
 
 def train(ds, seen, start, stop, mbs=2, world=2):
@@ -129,6 +136,8 @@ def test_resume_with_changed_schedule_sees_each_source_as_a_prefix(shards):
     state.verify(ds2)
     # The current schedule's sources first: source_id is an index into s2.names after the switch.
     assert ds2.names == ("para", "zh", "inst", "en")
+    assert ds2.packings == ("windows", "windows", "conversations", "windows")
+    assert ds2.sources[2].packing_stats()["splits"] > 0  # the packed source cut long documents
     as_names = np.array(ds2.names)
     np.testing.assert_array_equal(
         as_names[ds2.dataset_index[:m]], np.array(ds1.names)[ds1.dataset_index[:m]]
@@ -250,3 +259,28 @@ def test_saved_schedules_rebuild_bit_identically():
         assert again.fingerprint() == sched.fingerprint()
         assert [kn.weights for kn in again.knots] == [kn.weights for kn in sched.knots]
         assert len(state.segments_for(sched, 1000)) == 1
+
+
+def test_packing_change_across_a_resume_is_warned_about(shards, caplog):
+    import dataclasses
+
+    s1 = ramp_schedule({k: shards[k] for k in ("en", "inst")}, ["en"], ["inst"], 0.5)
+    windows = dataclasses.replace(
+        s1, sources=(s1.sources[0], dataclasses.replace(s1.sources[1], packing="windows"))
+    )
+    cfg = BlendedDatasetConfig(seq_length=8, num_samples=80)
+    state = roundtrip(DataState.capture(DynamicBlendedDataset(cfg, s1), 40))
+    # Same weights: no new segment, so the switch would silently re-mean inst's samples 0..n.
+    ds = DynamicBlendedDataset(cfg, state.segments_for(windows, 80))
+    assert ds.packings == ("windows", "windows")
+    with pytest.raises(RuntimeError, match=r"packing changed.*'inst': \('conversations', 'wi"):
+        state.verify(ds)
+    # A longer run adds a segment: the dataset warns, verify refuses all the same.
+    with caplog.at_level("WARNING"):
+        longer = DynamicBlendedDataset(
+            BlendedDatasetConfig(seq_length=8, num_samples=96), state.segments_for(windows, 96)
+        )
+    assert "inst changes packing" in caplog.text and "conversations -> windows" in caplog.text
+    with pytest.raises(RuntimeError, match="packing changed"):
+        state.verify(longer)
+    state.verify(DynamicBlendedDataset(cfg, state.segments_for(s1, 80)))  # unchanged: fine

@@ -121,7 +121,7 @@ def test_loss_mask_shard_at_label_positions(tmp_path):
     prefix = str(tmp_path / "inst")
     docs = write_shard(prefix, [6, 9, 4, 12, 0, 7], with_mask=True)
     masks = [[int(i >= len(d) // 2) for i in range(len(d))] for d in docs]
-    ds = SourceDataset(prefix, 10, SampleOptions(seq_length=6), seed=0)
+    ds = SourceDataset(prefix, 10, SampleOptions(seq_length=6), seed=0, packing="windows")
     mask_stream = [m for d in ds.document_index.tolist() for m in masks[d]]
     for i in range(len(ds)):
         j = int(ds.shuffle_index[i])

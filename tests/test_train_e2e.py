@@ -75,10 +75,15 @@ def test_metrics_file(run):
         assert r["tokens_per_s"] > 0 and r["tflops_per_device"] > 0
         assert 0 <= r["data_wait_frac"] < 1 and math.isfinite(r["grad_norm"])
         assert r["mfu"] is None  # no known peak for a CPU
+        # The instruct source (a loss-mask shard) is packed by conversation: padded, counted.
+        assert r["source_padding_share"]["en"] in (0.0, None)
+        assert set(r["source_truncations"]) == {"instruct"} and 0 <= r["padding_share"] < 1
+        assert r["padding_tokens_per_s"] >= 0
     # The schedule shifts from en toward instruct: so does the scheduled mix logged.
     assert train[-1]["scheduled_mix"]["instruct"] > train[0]["scheduled_mix"]["instruct"]
     assert train[-1]["scheduled_mix"]["en"] < train[0]["scheduled_mix"]["en"]
     assert train[-1]["loss"] < train[0]["loss"]
+    assert any((r["source_padding_share"]["instruct"] or 0) > 0 for r in train)
     assert train[2]["lr"] == pytest.approx(3e-3)  # end of the 16-sample warmup (CPU mode LR)
     for r in valid:
         assert set(r["valid_source_loss"]) == {"en", "zh", "instruct"}

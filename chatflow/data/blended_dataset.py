@@ -21,6 +21,7 @@ Index arrays are cached under ``cache_dir`` (see :mod:`chatflow.data.index_cache
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from chatflow.data.indexed_dataset import shard_exists
 from chatflow.data.sample_index import count_tokens, split_documents
 from chatflow.data.schedule import Schedule
 from chatflow.data.source_dataset import SampleOptions, SourceDataset
+from chatflow.data.templates import loss_mask_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class BlendedDatasetConfig:
             sources).
         shuffle_block: per-source sample shuffle block (``None``: one epoch of that source).
         use_loss_mask: read ``<prefix>_loss_mask`` shards where they exist.
+        pad_id: padding token of packed (``conversations``) samples; LLaMA2's EOS by default.
     """
 
     seq_length: int
@@ -74,6 +77,7 @@ class BlendedDatasetConfig:
     exact_blend: bool = True
     shuffle_block: int | None = None
     use_loss_mask: bool = True
+    pad_id: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_samples, (int, np.integer)) or self.num_samples < 1:
@@ -94,6 +98,7 @@ class BlendedDatasetConfig:
             reset_position_ids=self.reset_position_ids,
             reset_attention_mask=self.reset_attention_mask,
             eod_mask_loss=self.eod_mask_loss,
+            pad_id=self.pad_id,
         )
 
 
@@ -299,9 +304,19 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
         #: Exact samples drawn from each source over the whole run (its dataset's length).
         self.source_samples = np.asarray(arrays["source_samples"])
 
+        #: Each source's packing (windows / conversations), by position in ``names``.
+        self.packings = resolve_packings(segments, self.names, self.prefixes, config.use_loss_mask)
         options = config.sample_options()
+        if "conversations" in self.packings:
+            # Packed samples carry a block-diagonal attention mask; every sample of a batch must
+            # have the same fields, so windows get a dense (causal) one too.
+            options = dataclasses.replace(options, attention_mask=True)
+        self.sample_options = options
+        self._padding: list[np.ndarray | None] | None = None  # per-sample padding, built lazily
         self.sources: list[SourceDataset | RetiredSource] = []
-        for name, prefix, count in zip(self.names, self.prefixes, self.source_samples):
+        for name, prefix, count, packing in zip(
+            self.names, self.prefixes, self.source_samples, self.packings
+        ):
             if name not in current.names and not shard_exists(prefix):
                 logger.warning(
                     "source %s (dropped from the schedule) has no shard at %s any more; "
@@ -323,6 +338,7 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
                     cache=self.cache,
                     name=name,
                     use_loss_mask=config.use_loss_mask,
+                    packing=packing,
                 )
             )
         logger.info(
@@ -351,7 +367,37 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
         k = int(self.dataset_index[idx])
         sample = self.sources[k][int(self.dataset_sample_index[idx])]
         sample["source_id"] = torch.tensor(k, dtype=torch.int64)
+        if "num_pad" not in sample:  # windows: no padding; the field keeps batches uniform
+            sample["num_pad"] = torch.tensor(0, dtype=torch.int64)
         return sample
+
+    def padding_between(self, start: int, end: int) -> dict[str, int]:
+        """Padded input positions among global samples ``[start, end)``, per source name.
+
+        Exact and local (read off the indices), so the trainer can count real tokens without
+        reducing anything across ranks.
+        """
+        if not 0 <= start <= end <= len(self):
+            raise ValueError(f"[{start}, {end}) outside [0, {len(self)}]")
+        if self._padding is None:
+            self._padding = [
+                s.sample_padding() if isinstance(s, SourceDataset) else None for s in self.sources
+            ]
+        src = np.asarray(self.dataset_index[start:end])
+        idx = np.asarray(self.dataset_sample_index[start:end])
+        out = {}
+        for k, name in enumerate(self.names):
+            pad = self._padding[k]
+            out[name] = int(pad[idx[src == k]].sum()) if pad is not None and pad.any() else 0
+        return out
+
+    def packing_stats(self) -> dict[str, dict[str, float]]:
+        """Per source name: padding share and split/truncation counts of its samples (see
+        :meth:`SourceDataset.packing_stats`; empty for a retired source)."""
+        return {
+            name: source.packing_stats() if isinstance(source, SourceDataset) else {}
+            for name, source in zip(self.names, self.sources)
+        }
 
     def source_counts(self, position: int) -> dict[str, int]:
         """Samples of each source among global positions ``[0, position)``, by name."""
@@ -388,12 +434,39 @@ class DynamicBlendedDataset(torch.utils.data.Dataset):
             out[name] = SourceDataset(
                 source.prefix,
                 num_samples,
-                cfg.sample_options(),
+                self.sample_options,
                 cfg.seed,
                 split="valid",
                 valid_fraction=cfg.valid_fraction,
                 cache=self.cache,
                 name=name,
                 use_loss_mask=cfg.use_loss_mask,
+                packing=source.packing,
             )
         return out
+
+
+def resolve_packings(
+    segments: Sequence[Segment], names: Sequence[str], prefixes: Sequence[str], use_loss_mask: bool
+) -> tuple[str, ...]:
+    """Each source's packing: as its latest segment's schedule sets it, else ``conversations``
+    for a shard with a loss-mask shard (when masks are read) and ``windows`` otherwise."""
+    given: dict[str, list[str | None]] = {}
+    for seg in segments:
+        for src in seg.schedule.sources:
+            given.setdefault(src.name, []).append(src.packing)
+    out = []
+    for name, prefix in zip(names, prefixes):
+        has_mask = use_loss_mask and shard_exists(loss_mask_prefix(prefix))
+        default = "conversations" if has_mask else "windows"
+        modes = [m or default for m in given.get(name, [None])]
+        if len(set(modes)) > 1:
+            # Sample j of a source means another sample under another packing: a resume that
+            # switches it neither continues nor repeats that source's order exactly.
+            logger.warning(
+                "source %s changes packing across the run's segments (%s); its samples after the "
+                "change follow the %s order from the same count", name, " -> ".join(modes),
+                modes[-1],
+            )  # fmt: skip
+        out.append(modes[-1])
+    return tuple(out)

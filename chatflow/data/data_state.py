@@ -127,11 +127,28 @@ class DataState:
         """Raise RuntimeError unless ``dataset`` drew the saved per-source counts up to the
         consumed position (i.e. the rebuilt blend reproduces what was trained)."""
         now = _invariants(dataset)
-        changed = {k: (v, now.get(k)) for k, v in self.invariants.items() if now.get(k) != v}
+        changed = {
+            k: (v, now.get(k))
+            for k, v in self.invariants.items()
+            if k != "packing" and now.get(k) != v
+        }
         if changed:
             raise RuntimeError(
                 "data state: settings that fix the sample order changed since the checkpoint "
                 f"(setting: (saved, now)) {changed}; keep them to resume"
+            )
+        # A source's packing fixes what its sample j is; sources added or dropped are fine.
+        current = set(dataset.segments[-1].schedule.names)
+        saved_packing, now_packing = self.invariants.get("packing", {}), now["packing"]
+        repacked = {
+            n: (p, now_packing[n])
+            for n, p in saved_packing.items()
+            if n in current and n in now_packing and now_packing[n] != p
+        }
+        if repacked:
+            raise RuntimeError(
+                f"data state: source packing changed since the checkpoint (source: (saved, now)) "
+                f"{repacked}; keep it to resume, or rename the source to start its order afresh"
             )
         got = dataset.source_counts(self.consumed_samples)
         names = set(got) | set(self.source_counts)
@@ -172,4 +189,5 @@ def _invariants(dataset: DynamicBlendedDataset) -> dict[str, Any]:
         "valid_fraction": c.valid_fraction,
         "shuffle_block": c.shuffle_block,
         "exact_blend": c.exact_blend,
+        "packing": dict(zip(dataset.names, dataset.packings)),
     }

@@ -155,6 +155,10 @@ class IndexedDataset:
         """Total number of tokens in the shard."""
         return len(self._bin)
 
+    def get_flat(self) -> np.ndarray:
+        """Every token of the shard, all sequences back to back, as a read-only view."""
+        return self._bin
+
     def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
         """Tokens ``[offset, offset + length)`` of sequence ``i`` as a view (no copy)."""
         n = int(self.sequence_lengths[i])

@@ -31,6 +31,7 @@ from chatflow.data.indexed_dataset import missing_shard_files
 from chatflow.data.schedule_file import parse_schedule_mapping
 from chatflow.data.schedule_parts import (
     INTERPOLATIONS,
+    PACKING_MODES,
     Knot,
     ScheduleError,
     Source,
@@ -204,7 +205,11 @@ class Schedule:
             d["interpolation"] = k.interpolation
             knots.append(d)
         return {
-            "sources": [{"name": s.name, "prefix": s.prefix} for s in self.sources],
+            "sources": [
+                {"name": s.name, "prefix": s.prefix}
+                | ({"packing": s.packing} if s.packing is not None else {})
+                for s in self.sources
+            ],
             "knots": knots,
         }
 
@@ -277,6 +282,8 @@ class Schedule:
 
         Accepts a single prefix without a weight, or alternating weight/prefix pairs. Source
         names are the prefixes' base names (made unique with ``#i`` suffixes when they repeat).
+        A prefix may end in ``:packing=windows`` or ``:packing=conversations`` to set that
+        source's packing (default: by whether it has a loss-mask shard).
         """
         items = [str(v) for v in data_path]
         if not items:
@@ -298,9 +305,32 @@ class Schedule:
                         f"{items[i + 1]!r}, got {items[i]!r}"
                     ) from None
                 prefixes.append(items[i + 1])
+        prefixes, packings = _split_packing_suffixes(prefixes)
         names: list[str] = []
         for i, p in enumerate(prefixes):
             base = os.path.basename(p.rstrip("/")) or p
             names.append(base if base not in names else f"{base}#{i}")
-        sources = tuple(Source(n, p) for n, p in zip(names, prefixes))
+        sources = tuple(Source(n, p, k) for n, p, k in zip(names, prefixes, packings))
         return cls(sources, (Knot(weights=tuple(weights), at=0),), origin="--data-path")
+
+
+_PACKING_SUFFIX = ":packing="
+
+
+def _split_packing_suffixes(prefixes: list[str]) -> tuple[list[str], list[str | None]]:
+    """``prefix[:packing=MODE]`` items -> prefixes and packings (``None`` where not given)."""
+    out, packings = [], []
+    for p in prefixes:
+        head, sep, mode = p.rpartition(_PACKING_SUFFIX)
+        if not sep:
+            out.append(p)
+            packings.append(None)
+            continue
+        if mode not in PACKING_MODES or not head:
+            raise ScheduleError(
+                f"--data-path {p!r}: packing must be one of {PACKING_MODES} "
+                f"(as {head or 'PREFIX'}{_PACKING_SUFFIX}conversations), got {mode!r}"
+            )
+        out.append(head)
+        packings.append(mode)
+    return out, packings

@@ -14,10 +14,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from chatflow.data.schedule_parts import Knot, ScheduleError, Source, is_number
+from chatflow.data.schedule_parts import PACKING_MODES, Knot, ScheduleError, Source, is_number
 
 _TOP_KEYS = {"data_root", "interpolation", "sources", "knots"}
 _KNOT_KEYS = {"at", "at_fraction", "weights", "interpolation"}
+_SOURCE_KEYS = {"name", "prefix", "packing"}
 
 
 def parse_schedule_mapping(
@@ -53,12 +54,17 @@ def parse_schedule_mapping(
         raise fail("field 'sources' must be a non-empty list of {name, prefix}")
     sources = []
     for i, s in enumerate(raw_sources):
-        if not isinstance(s, Mapping) or set(s) != {"name", "prefix"}:
-            raise fail(f"sources[{i}] must have exactly the fields 'name' and 'prefix'")
+        if not isinstance(s, Mapping) or not {"name", "prefix"} <= set(s) <= _SOURCE_KEYS:
+            raise fail(
+                f"sources[{i}] must have the fields 'name' and 'prefix' (and optionally 'packing')"
+            )
         if not isinstance(s["prefix"], str) or not s["prefix"]:
             raise fail(f"sources[{i}].prefix must be a non-empty string")
+        packing = s.get("packing")
+        if packing is not None and packing not in PACKING_MODES:
+            raise fail(f"sources[{i}].packing must be one of {PACKING_MODES}, got {packing!r}")
         try:
-            sources.append(Source(str(s["name"]), os.path.join(root, s["prefix"])))
+            sources.append(Source(str(s["name"]), os.path.join(root, s["prefix"]), packing))
         except ScheduleError as e:
             raise fail(f"sources[{i}]: {e}") from None
     names = [s.name for s in sources]

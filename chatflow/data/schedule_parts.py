@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 INTERPOLATIONS = ("linear", "cosine", "step")
+#: Per-source sample layouts (see chatflow.data.packing); ``None`` on a source picks the default.
+PACKING_MODES = ("windows", "conversations")
 
 
 class ScheduleError(ValueError):
@@ -26,16 +28,25 @@ class Source:
     Attributes:
         name: unique identifier used in knots and logs (e.g. ``zh_text``).
         prefix: Megatron shard prefix (path without ``.bin``/``.idx``).
+        packing: ``windows`` (fixed windows across documents, Megatron's) or ``conversations``
+            (whole documents per sample, padded); ``None``: ``conversations`` when the shard has
+            a loss-mask shard, else ``windows`` (decided when the dataset opens the shard).
     """
 
     name: str
     prefix: str
+    packing: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ScheduleError(f"source name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.prefix, str) or not self.prefix:
             raise ScheduleError(f"source {self.name!r}: prefix must be a non-empty string")
+        if self.packing is not None and self.packing not in PACKING_MODES:
+            raise ScheduleError(
+                f"source {self.name!r}: packing must be one of {PACKING_MODES}, "
+                f"got {self.packing!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,11 @@ GPTDataset layout:
 
 Documents are the shard's sequences, as in megatron-core's GPTDataset (ChatFlow writes one
 sequence per document, BOS ... EOS).
+
+With ``packing="conversations"`` (the default for a shard with a loss-mask shard) a sample is
+instead one bin of whole documents (:mod:`chatflow.data.packing`), built by
+:func:`chatflow.data.packed_sample.make_packed_sample`: padded, labels never crossing documents,
+position ids restarting and a block-diagonal ``attention_mask`` always present.
 """
 
 from __future__ import annotations
@@ -30,13 +35,29 @@ import torch
 
 from chatflow.data.index_cache import IndexCache, pickle_array, shard_identity, unpickle_array
 from chatflow.data.indexed_dataset import IndexedDataset, shard_exists
-from chatflow.data.sample_index import build_source_indices, count_tokens, split_documents
+from chatflow.data.packed_sample import future_mask, make_packed_sample
+from chatflow.data.packing import (
+    PACKING_MODES,
+    PackingIndex,
+    bin_tokens,
+    build_packing,
+    no_split_points,
+    turn_boundaries,
+)
+from chatflow.data.sample_index import (
+    build_shuffle_index,
+    build_source_indices,
+    count_tokens,
+    split_documents,
+)
 from chatflow.data.templates import loss_mask_prefix
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the index build changes meaning; part of every cache key.
 INDEX_VERSION = 1
+#: Bump when the packing index changes meaning; part of the packed sources' cache keys.
+PACKING_VERSION = 1
 SPLITS = ("train", "valid")
 
 
@@ -50,6 +71,11 @@ class SampleOptions:
         reset_position_ids: restart position ids after every EOD token.
         reset_attention_mask: block attention across EOD boundaries (adds ``attention_mask``).
         eod_mask_loss: no loss on positions whose input token is EOD.
+        pad_id: token filling the unused end of a packed sample (never trained on). LLaMA2 has no
+            pad piece, so the default is its EOS (2), the tokenizer's ``padding_id``.
+        attention_mask: give every sample a dense ``attention_mask`` (causal, and blocked across
+            documents where known), so that windowed and packed samples of one blend collate
+            into the same batch fields. Packed samples always carry one.
     """
 
     seq_length: int
@@ -57,6 +83,8 @@ class SampleOptions:
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
     eod_mask_loss: bool = False
+    pad_id: int = 2
+    attention_mask: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.seq_length, (int, np.integer)) or self.seq_length < 1:
@@ -86,6 +114,8 @@ class SourceDataset(torch.utils.data.Dataset):
         cache: where index arrays are cached (``None``: built in memory).
         name: label for logs and errors (defaults to the prefix).
         use_loss_mask: read ``<prefix>_loss_mask`` when it exists.
+        packing: ``"windows"``, ``"conversations"`` or ``None`` (conversations when a loss-mask
+            shard is read, else windows); see :mod:`chatflow.data.packing`.
     """
 
     def __init__(
@@ -101,6 +131,7 @@ class SourceDataset(torch.utils.data.Dataset):
         cache: IndexCache | None = None,
         name: str | None = None,
         use_loss_mask: bool = True,
+        packing: str | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -118,6 +149,16 @@ class SourceDataset(torch.utils.data.Dataset):
         doc_ids = train_ids if split == "train" else valid_ids
         seq = options.seq_length
         tokens = count_tokens(sizes, doc_ids)
+        if packing is None:
+            packing = "conversations" if self.mask is not None else "windows"
+        if packing not in PACKING_MODES:
+            raise ValueError(f"{prefix}: packing must be one of {PACKING_MODES}, got {packing!r}")
+        #: ``"windows"`` or ``"conversations"``.
+        self.packing = packing
+        self.packed: PackingIndex | None = None
+        if packing == "conversations":
+            self._init_packed(num_samples, seed, valid_fraction, shuffle_block, cache, doc_ids)
+            return
         epoch_samples = max(1, (tokens - 1) // seq)
         if num_samples is None:
             if tokens <= seq:
@@ -169,6 +210,105 @@ class SourceDataset(torch.utils.data.Dataset):
             self.num_samples * seq / max(tokens, 1),
         )
 
+    def _init_packed(self, num_samples, seed, valid_fraction, shuffle_block, cache, doc_ids):
+        """Bins of whole documents (conversations packing); the indices are cached per source."""
+        cache = cache or IndexCache(None)
+        seq = self.options.seq_length
+        description = {
+            "version": PACKING_VERSION,
+            "shard": shard_identity(self.prefix),
+            "mask": shard_identity(loss_mask_prefix(self.prefix)) if self.mask else None,
+            "seed": int(seed),
+            "split": self.split,
+            "valid_fraction": float(valid_fraction),
+            "capacity": seq + 1,
+        }
+        sizes = self.data.sequence_lengths
+
+        def pack(min_bins: int) -> PackingIndex:
+            if self.mask is not None:
+                return build_packing(sizes, doc_ids, *turn_boundaries(self.mask), seq + 1,
+                                     min_bins, seed)  # fmt: skip
+            offsets, points = no_split_points(len(sizes))
+            return build_packing(sizes, doc_ids, offsets, points, seq + 1, min_bins, seed, True)
+
+        epoch_samples = 1  # only read when no sample is asked for (nothing to pack)
+        if num_samples is None or (shuffle_block is None and num_samples > 0):
+            # One epoch's bin count: the default sample count and shuffle block.
+            first = cache.get_or_build(
+                "packing_epoch", description, lambda: {"epoch_bins": pack(1).epoch_bins[:2]}
+            )
+            epoch_samples = int(first["epoch_bins"][1])
+        if num_samples is None:
+            num_samples = epoch_samples
+        if num_samples < 0:
+            raise ValueError(f"{self.prefix}: num_samples must be >= 0, got {num_samples}")
+        self.num_samples = int(num_samples)
+        self.epoch_tokens = count_tokens(sizes, doc_ids)
+        if self.num_samples and self.epoch_tokens == 0:
+            raise ValueError(
+                f"{self.prefix}: the {self.split} split has no tokens ({len(doc_ids)} documents)"
+            )
+        self.shuffle_block = int(shuffle_block or epoch_samples)
+        num_built = -(-self.num_samples // self.shuffle_block) * self.shuffle_block
+
+        def build() -> dict[str, np.ndarray]:
+            arrays = pack(num_built).as_dict()
+            arrays["shuffle_index"] = build_shuffle_index(num_built, self.shuffle_block, seed)
+            return arrays
+
+        full = {**description, "shuffle_block": self.shuffle_block, "num_built": num_built}
+        arrays = cache.get_or_build("packing", full, build)
+        self.packed = PackingIndex.from_dict(arrays)
+        self.shuffle_index = arrays["shuffle_index"]
+        logger.info(
+            "%s (%s): %d packed samples of %d tokens from %d documents / %d tokens; %s",
+            self.name, self.split, self.num_samples, seq, len(doc_ids), self.epoch_tokens,
+            ", ".join(f"{k}={v:.4g}" for k, v in self.packing_stats().items()),
+        )  # fmt: skip
+
+    def packing_stats(self) -> dict[str, float]:
+        """Padding and cutting counts of the samples this dataset provides (for the metrics).
+
+        ``padding_share``: padded share of the input positions of its samples; ``splits``,
+        ``truncations``, ``dropped_tokens``: summed over the packing epochs its samples come from
+        (all zero for windows, which have no padding and cut documents anywhere).
+        """
+        if self.packed is None:
+            return {"padding_share": 0.0, "splits": 0, "truncations": 0, "dropped_tokens": 0}
+        used = np.asarray(self.shuffle_index[: self.num_samples])
+        if used.size == 0:
+            return {"padding_share": 0.0, "splits": 0, "truncations": 0, "dropped_tokens": 0}
+        seq = self.options.seq_length
+        per_bin = np.minimum(bin_tokens(self.packed, int(used.max()) + 1)[used], seq)
+        epochs = int(np.searchsorted(self.packed.epoch_bins, used.max(), side="right"))
+        stats = np.asarray(self.packed.epoch_stats[:epochs]).sum(axis=0)
+        return {
+            "padding_share": float(1.0 - per_bin.sum() / (used.size * seq)),
+            "splits": int(stats[0]),
+            "truncations": int(stats[1]),
+            "dropped_tokens": int(stats[2]),
+        }
+
+    def sample_padding(self) -> np.ndarray:
+        """int64 ``[num_samples]``: padded input positions of each sample (all 0 for windows)."""
+        if self.packed is None or self.num_samples == 0:
+            return np.zeros(self.num_samples, dtype=np.int64)
+        used = np.asarray(self.shuffle_index[: self.num_samples])
+        placed = bin_tokens(self.packed, int(used.max()) + 1)[used]
+        seq = self.options.seq_length
+        return seq - np.minimum(placed, seq)
+
+    def bin_pieces(self, idx: int) -> list[tuple[int, int, int]]:
+        """The (document, start, length) pieces of packed sample ``idx``, in sample order."""
+        if not 0 <= idx < self.num_samples:
+            raise IndexError(f"{self.name}: sample {idx} out of range [0, {self.num_samples})")
+        j = int(self.shuffle_index[idx])
+        lo, hi = int(self.packed.bin_offsets[j]), int(self.packed.bin_offsets[j + 1])
+        p = self.packed
+        return [(int(p.piece_doc[i]), int(p.piece_start[i]), int(p.piece_len[i])) for i in
+                range(lo, hi)]  # fmt: skip
+
     def _open_mask(self, prefix: str) -> IndexedDataset | None:
         mask_prefix = loss_mask_prefix(prefix)
         if not shard_exists(mask_prefix):
@@ -193,7 +333,10 @@ class SourceDataset(torch.utils.data.Dataset):
         state["data"] = None
         state["mask"] = self.mask is not None
         for key in self._INDEX_ARRAYS:
-            state[key] = pickle_array(state[key])
+            if key in state:  # packed sources have only the shuffle index
+                state[key] = pickle_array(state[key])
+        if self.packed is not None:
+            state["packed"] = {k: pickle_array(v) for k, v in self.packed.as_dict().items()}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -201,7 +344,11 @@ class SourceDataset(torch.utils.data.Dataset):
         self.data = IndexedDataset(self.prefix)
         self.mask = IndexedDataset(loss_mask_prefix(self.prefix)) if state["mask"] else None
         for key in self._INDEX_ARRAYS:
-            setattr(self, key, unpickle_array(state[key]))
+            if key in state:
+                setattr(self, key, unpickle_array(state[key]))
+        if state["packed"] is not None:
+            arrays = {k: unpickle_array(v) for k, v in state["packed"].items()}
+            self.packed = PackingIndex.from_dict(arrays)
 
     def window(self, idx: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The ``seq_length + 1`` raw tokens of sample ``idx`` (and its loss-mask bytes)."""
@@ -229,6 +376,17 @@ class SourceDataset(torch.utils.data.Dataset):
         return np.concatenate([data.get(doc, start, length) for doc, start, length in pieces])
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        if self.packed is not None:
+            pieces = self.bin_pieces(int(idx))
+            opts = self.options
+            return make_packed_sample(
+                [self.data.get(*p) for p in pieces],
+                [self.mask.get(*p) for p in pieces] if self.mask is not None else None,
+                opts.seq_length,
+                opts.pad_id,
+                opts.eod_id,
+                opts.eod_mask_loss,
+            )
         window, mask = self.window(int(idx))
         return make_sample(window, mask, self.options)
 
@@ -265,6 +423,9 @@ def make_sample(
             j = np.arange(seq)
             allowed = (j[None, :] <= j[:, None]) & (j[None, :] >= doc_start[:, None])
             sample["attention_mask"] = torch.from_numpy(~allowed).unsqueeze(0)
+    if options.attention_mask and "attention_mask" not in sample:
+        causal = future_mask(seq).copy()  # True = masked: the future
+        sample["attention_mask"] = torch.from_numpy(causal).unsqueeze(0)
     sample["tokens"] = torch.from_numpy(tokens)
     sample["labels"] = torch.from_numpy(labels)
     sample["loss_mask"] = torch.from_numpy(loss_mask)
