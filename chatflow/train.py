@@ -71,6 +71,32 @@ def _device_is_cpu(job: JobConfig) -> bool:
     return job.train.device == "cpu" or not torch.cuda.is_available()
 
 
+def check_document_masks(
+    use_te: bool, packings: dict[str, str], reset_attention_mask: bool
+) -> None:
+    """Refuse document masks on the TransformerEngine spec, which would silently drop them.
+
+    Packed conversations and ``--reset-attention-mask`` carry a dense block-diagonal
+    ``attention_mask``. The local spec applies it; TransformerEngine's attention with the causal
+    mask type applies its own causal mask and ignores it, so samples would attend across
+    documents without a word. Until the packed THD form (``cu_seqlens``) exists, such runs must
+    use windows on TE.
+
+    Raises:
+        ValueError: document masks are asked for and the TE spec is in use.
+    """
+    packed = sorted(n for n, p in packings.items() if p == "conversations")
+    if not use_te or not (packed or reset_attention_mask):
+        return
+    what = f"packing: conversations for {', '.join(packed)}" if packed else "--reset-attention-mask"
+    raise ValueError(
+        f"{what} needs document masks, which the TransformerEngine attention (causal mask type) "
+        "does not apply; until ChatFlow's packed THD path exists, use 'packing: windows' for these "
+        "sources (schedule YAML, or --data-path PREFIX:packing=windows) on TransformerEngine, or "
+        "run without TransformerEngine (local spec)"
+    )
+
+
 def _build_data(job: JobConfig, schedule, info, consumed: int, data_state: dict | None):
     """The run's dynamic blended dataset and this rank's micro-batch iterator from ``consumed``."""
     d = job.data
@@ -149,7 +175,7 @@ def train(job: JobConfig) -> list[dict[str, Any]]:
     # chatflow.train` first validates the config (a bad flag fails at once, not after seconds of
     # megatron-core imports), and _setup_logging filters megatron-core's import-time warnings.
     from chatflow import checkpointing as ckpt
-    from chatflow.model import build_model_chunks
+    from chatflow.model import build_model_chunks, transformer_engine_available
 
     megatron_patches.apply(cuda_available=not _device_is_cpu(job))
     info = parallel.initialize(
@@ -160,7 +186,8 @@ def train(job: JobConfig) -> list[dict[str, Any]]:
     num_samples = tc.train_iters * tc.global_batch_size
     num_mb = tc.num_microbatches(info.data_parallel_size)
 
-    chunks = build_model_chunks(job.model, job.parallel, bf16=job.optim.bf16)
+    uses_te = transformer_engine_available()  # what build_model_chunks picks by default
+    chunks = build_model_chunks(job.model, job.parallel, bf16=job.optim.bf16, use_te=uses_te)
     optimizer = build_optimizer(chunks, job.optim, job.parallel)
     scheduler = build_scheduler(optimizer, job.optim, num_samples)
     loaded = ckpt.load_checkpoint(
@@ -175,6 +202,8 @@ def train(job: JobConfig) -> list[dict[str, Any]]:
     dataset, data_iter = _build_data(
         job, schedule, info, consumed, train_state["data_state"] if train_state else None
     )
+    packings = dict(zip(dataset.names, dataset.packings, strict=True))
+    check_document_masks(uses_te, packings, job.data.reset_attention_mask)
     # Each evaluation reads the same first eval_iters global batches of every held-out split.
     valid = (
         dataset.validation_datasets(num_samples=tc.eval_iters * tc.global_batch_size)

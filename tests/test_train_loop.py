@@ -173,3 +173,15 @@ def test_install_from_env_reads_once(clean_hooks, tmp_path, monkeypatch):
     import _demo_hooks
 
     assert _demo_hooks.seen == [2]
+
+
+def test_document_masks_refused_on_transformer_engine():
+    from chatflow.train import check_document_masks
+
+    packed = {"zh": "windows", "instruct": "conversations"}
+    check_document_masks(False, packed, True)  # the local spec applies the masks
+    check_document_masks(True, {"zh": "windows"}, False)  # no masks asked for
+    with pytest.raises(ValueError, match="packing: conversations for instruct"):
+        check_document_masks(True, packed, False)
+    with pytest.raises(ValueError, match="--reset-attention-mask"):
+        check_document_masks(True, {"zh": "windows"}, True)
