@@ -44,6 +44,21 @@ def bilingual_32k_path() -> str:
     return BILINGUAL_32K
 
 
+@pytest.fixture
+def single_process():
+    """megatron-core parallel state over a 1-process gloo group, with the CPU patches (``dist``)."""
+    import megatron_patches
+    from chatflow import parallel
+    from chatflow.config import ParallelConfig
+
+    megatron_patches.apply(cuda_available=False)
+    try:
+        yield parallel.initialize(ParallelConfig(), seed=3)
+    finally:
+        parallel.destroy()
+        megatron_patches.revert()
+
+
 @pytest.fixture(scope="session")
 def demo_tokenizer(demo_tokenizer_path):
     """The demo model wrapped in :class:`chatflow.tokenizer.Tokenizer`."""

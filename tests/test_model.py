@@ -191,20 +191,6 @@ def test_sequence_parallel_needs_transformer_engine():
         )
 
 
-@pytest.fixture
-def single_process():
-    """megatron-core parallel state over a 1-process gloo group, with the CPU patches."""
-    import megatron_patches
-    from chatflow import parallel
-
-    megatron_patches.apply(cuda_available=False)
-    try:
-        yield parallel.initialize(ParallelConfig(), seed=3)
-    finally:
-        parallel.destroy()
-        megatron_patches.revert()
-
-
 @pytest.mark.dist
 def test_built_model_matches_analytic_count(single_process):
     """Independent oracle: the parameters megatron-core actually allocates."""

@@ -17,20 +17,6 @@ from chatflow.data.source_dataset import SampleOptions, SourceDataset
 VOCAB = 512
 
 
-@pytest.fixture
-def single_process():
-    """megatron-core parallel state over a 1-process gloo group, with the CPU patches."""
-    import megatron_patches
-    from chatflow import parallel
-
-    megatron_patches.apply(cuda_available=False)
-    try:
-        yield parallel.initialize(ParallelConfig(), seed=3)
-    finally:
-        parallel.destroy()
-        megatron_patches.revert()
-
-
 @pytest.mark.dist
 def test_packed_losses_equal_each_conversation_alone(single_process, tmp_path):
     from chatflow.model import build_model_chunks
