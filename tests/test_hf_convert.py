@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _trainer_helpers import free_port
 from conftest import load_tool
 
 from chatflow import hf_convert
@@ -173,12 +173,6 @@ def test_round_trip_is_exact(hf_dir, tmp_path, dtype):
     assert config["vocab_size"] == VOCAB and config["num_key_value_heads"] == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _forward(ckpt: str, tp: int, tokens: torch.Tensor) -> dict:
     """Loads ``ckpt`` like ``chatflow.train --load ckpt --finetune`` and runs one forward."""
     from megatron.core import parallel_state
@@ -246,7 +240,7 @@ def trainer_loaded(converted, tmp_path_factory):
     out = tmp_path_factory.mktemp("loaded")
     tokens = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
     torch.save(tokens, out / "tokens.pt")
-    mp.spawn(_worker, args=(_free_port(), str(converted), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(converted), str(out)), nprocs=2, join=True)
     return tokens, {r: torch.load(out / f"rank{r}.pt") for r in range(2)}
 
 

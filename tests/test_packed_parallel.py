@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _trainer_helpers import free_port
 from test_packed_dataset import write_conversations
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
@@ -91,16 +91,10 @@ def _worker(rank: int, port: int, prefix: str, docs, out_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_packed_losses_equal_each_document_alone_under_tp2_and_pp2(tmp_path):
     prefix = str(tmp_path / "chat")
     docs, _ = write_conversations(prefix, np.random.RandomState(0), 40, max_turns=3, max_len=12)
-    mp.spawn(_worker, args=(_free_port(), prefix, docs, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), prefix, docs, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         results = json.loads((tmp_path / f"rank{rank}.json").read_text())
         for name in LAYOUTS:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _trainer_helpers import free_port
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -191,12 +191,6 @@ def _worker(rank: int, world_size: int, port: int, init_dir: str, out_dir: str) 
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """(single-process reference results, {rank: {layout: results}})."""
@@ -213,7 +207,7 @@ def runs(tmp_path_factory):
     finally:
         parallel.destroy(process_group=True)
         megatron_patches.revert()
-    mp.spawn(_worker, args=(2, _free_port(), str(init_dir), str(out_dir)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(init_dir), str(out_dir)), nprocs=2, join=True)
     ranks = {r: json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)}
     return reference, ranks
 
